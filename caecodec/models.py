@@ -1,0 +1,97 @@
+"""The factorized-prior autoencoder (Ballé et al. 2018; CompressAI's `bmshj2018-factorized`).
+
+`FactorizedPrior` is CompressAI's model, module for module, so its checkpoints load unchanged.
+`VariableRateFactorizedPrior` is what caecodec trains: one pair of transforms shared by many
+rate-distortion trade-offs ("levels"), each with its own channel gains (Cui et al. 2021) and its own
+density. A level is exported as a plain `FactorizedPrior` by folding its gains into the last analysis
+and first synthesis convolution, so coding has a single code path.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .entropy_models import EntropyBottleneck
+from .layers import GDN, conv, deconv
+
+DOWNSAMPLING = 16  # four stride-2 convolutions
+
+
+def analysis_transform(n: int, m: int) -> nn.Sequential:
+    return nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
+
+
+def synthesis_transform(n: int, m: int) -> nn.Sequential:
+    return nn.Sequential(
+        deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True),
+        deconv(n, 3),
+    )
+
+
+class FactorizedPrior(nn.Module):
+    def __init__(self, n: int = 128, m: int = 192):
+        super().__init__()
+        self.n, self.m = n, m
+        self.entropy_bottleneck = EntropyBottleneck(m)
+        self.g_a = analysis_transform(n, m)
+        self.g_s = synthesis_transform(n, m)
+
+    def forward(self, x: torch.Tensor) -> dict:
+        y = self.g_a(x)
+        y_hat, likelihoods = self.entropy_bottleneck(y)
+        return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": likelihoods}}
+
+
+class VariableRateFactorizedPrior(nn.Module):
+    def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,)):
+        super().__init__()
+        self.n, self.m = n, m
+        self.g_a = analysis_transform(n, m)
+        self.g_s = synthesis_transform(n, m)
+        log_gains = torch.log(torch.tensor(list(initial_gains), dtype=torch.float32))[:, None].repeat(1, m)
+        self.log_gain = nn.Parameter(log_gains.clone())
+        self.log_inverse_gain = nn.Parameter(-log_gains.clone())
+        self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(m) for _ in initial_gains)
+
+    @property
+    def levels(self) -> int:
+        return len(self.entropy_bottlenecks)
+
+    def forward(self, x: torch.Tensor, level: int) -> dict:
+        """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain."""
+        y = self.g_a(x)
+        y_hat, likelihoods = self.entropy_bottlenecks[level](y * torch.exp(self.log_gain[level])[None, :, None, None])
+        x_hat = self.g_s(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None])
+        return {"x_hat": x_hat, "likelihoods": {"y": likelihoods}, "y": y}
+
+    def density_bits(self, y: torch.Tensor, level: int) -> torch.Tensor:
+        """Bits of the analysis output `y` under `level`'s density, training only that density.
+
+        Lets every level's density learn from each step's latent, not just the sampled level's.
+        """
+        gained = y.detach() * torch.exp(self.log_gain[level].detach())[None, :, None, None]
+        _, likelihoods = self.entropy_bottlenecks[level](gained)
+        return -torch.log2(likelihoods).sum()
+
+    def aux_loss(self, level: int) -> torch.Tensor:
+        return self.entropy_bottlenecks[level].loss()
+
+    @torch.no_grad()
+    def export(self, level: int) -> FactorizedPrior:
+        """The plain FactorizedPrior computing exactly this level, with its CDF tables."""
+        model = FactorizedPrior(self.n, self.m)
+        model.g_a = copy.deepcopy(self.g_a)
+        model.g_s = copy.deepcopy(self.g_s)
+        gain = torch.exp(self.log_gain[level])
+        inverse_gain = torch.exp(self.log_inverse_gain[level])
+        last = model.g_a[-1]
+        last.weight.mul_(gain[:, None, None, None])
+        last.bias.mul_(gain)
+        model.g_s[0].weight.mul_(inverse_gain[:, None, None, None])  # ConvTranspose2d weight: (in, out, k, k)
+        model.entropy_bottleneck = copy.deepcopy(self.entropy_bottlenecks[level])
+        if model.entropy_bottleneck._quantized_cdf.numel() == 0:  # bundled weights carry their tables
+            model.entropy_bottleneck.update()
+        return model.eval()

@@ -1,0 +1,237 @@
+"""Compressed-domain access: a read-only zarr store in which caecodec arrays read as their latents.
+
+    latents = zarr.open(caecodec.BottleneckStore("images.zarr"), mode="r")
+    z = caecodec.open_latents("images.zarr", path="kodim23")   # float32 (..., H', W', M)
+
+Only metadata documents are rewritten (dtype float32, latent shape and chunks, the codec switched to
+``partial_decompress``); chunk keys and chunk bytes pass through unchanged, so reading a latent chunk
+entropy-decodes it and skips the synthesis transform.
+
+Edge semantics. zarr pads an edge chunk to the full chunk shape before encoding, so every chunk decodes
+to ceil(chunk/16) latent rows (and columns). Along a spatial axis of `size` pixels cut into chunks of
+`chunk`, the latent axis therefore has ceil(chunk/16) rows per full chunk plus ceil(rest/16) for a last
+partial chunk of `rest` pixels: every latent row that covers a real pixel is visible, rows that cover
+only padding are cropped. Latent chunk i is exactly pixel chunk i (same grid, same chunk keys), also when
+the chunk size is not a multiple of 16: a latent row then covers pixels of one chunk only, never two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncGenerator, Iterable
+from pathlib import Path
+
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import FsspecStore, LocalStore, WrapperStore
+
+from .compression import latent_size
+from .zarr3 import CODEC_NAME
+
+METADATA_V2 = ".zarray"
+CONSOLIDATED_V2 = ".zmetadata"
+METADATA_V3 = "zarr.json"
+
+
+class ReadOnlyError(PermissionError):
+    """Raised on any attempt to modify a BottleneckStore."""
+
+
+class BottleneckStore(WrapperStore):
+    """Read-only view of a zarr store (a path, an fsspec URL such as ``file://`` or ``memory://``, or any
+    zarr Store) in which every caecodec-compressed array reads as its float32 latent (..., H', W', M).
+    Other arrays and groups read unchanged."""
+
+    def __init__(self, path_or_store, mode: str = "r"):
+        if mode != "r":
+            raise ValueError(f"BottleneckStore is read-only: expected mode 'r', found {mode!r}")
+        super().__init__(_read_only_store(path_or_store))
+
+    def _with_store(self, store: Store) -> BottleneckStore:
+        return type(self)(store)
+
+    def with_read_only(self, read_only: bool = False) -> BottleneckStore:
+        if not read_only:
+            _refuse("open it writable")
+        return self
+
+    def __repr__(self) -> str:
+        return f"BottleneckStore({self._store!r})"
+
+    def __str__(self) -> str:
+        return f"bottleneck-{self._store}"
+
+    # -- reading ---------------------------------------------------------------------------------
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        rewrite = _METADATA_REWRITES.get(key.rsplit("/", 1)[-1])
+        if rewrite is None:
+            return await self._store.get(key, prototype, byte_range)
+        stored = await self._store.get(key, prototype)
+        if stored is None:
+            return None
+        document = rewrite(json.loads(stored.to_bytes()), key)
+        return prototype.buffer.from_bytes(_byte_slice(json.dumps(document, indent=2).encode(), byte_range))
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        # through self.get, so that metadata read this way is rewritten too
+        return [await self.get(key, prototype, byte_range) for key, byte_range in key_ranges]
+
+    async def _get_many(self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+                        ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
+        for key, prototype, byte_range in requests:
+            yield key, await self.get(key, prototype, byte_range)
+
+    # -- writing: refused ------------------------------------------------------------------------
+    @property
+    def read_only(self) -> bool:
+        return True
+
+    @property
+    def supports_writes(self) -> bool:
+        return False
+
+    @property
+    def supports_deletes(self) -> bool:
+        return False
+
+    def _check_writable(self) -> None:
+        _refuse("write to it")
+
+    async def set(self, key: str, value: Buffer) -> None:
+        _refuse(f"write {key!r}")
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        _refuse(f"write {key!r}")
+
+    async def _set_many(self, values: Iterable[tuple[str, Buffer]]) -> None:
+        _refuse("write to it")
+
+    async def delete(self, key: str) -> None:
+        _refuse(f"delete {key!r}")
+
+    async def delete_dir(self, prefix: str) -> None:
+        _refuse(f"delete {prefix!r}")
+
+    async def clear(self) -> None:
+        _refuse("clear it")
+
+
+def open_latents(path_or_store, path: str | None = None):
+    """The latent zarr array (float32, (..., H', W', M)) of the caecodec-compressed array at `path`."""
+    import zarr
+
+    array = zarr.open_array(BottleneckStore(path_or_store), path=path or "", mode="r")
+    if caecodec_configuration(array.metadata.to_dict()) is None:
+        raise ValueError(f"{path or 'the root'} of {path_or_store} is not a caecodec-compressed array: expected "
+                         f"the codec {CODEC_NAME!r}, found a {array.dtype} array with serializer {array.serializer} "
+                         f"and compressors {array.compressors}")
+    return array
+
+
+# -- metadata ------------------------------------------------------------------------------------
+def caecodec_configuration(metadata: dict) -> dict | None:
+    """The caecodec codec configuration of an array's metadata (format 2 or 3), or None for other nodes."""
+    if metadata.get("zarr_format") == 2:
+        compressor = metadata.get("compressor") or {}
+        return compressor if compressor.get("id") == CODEC_NAME else None
+    if metadata.get("node_type") != "array":
+        return None
+    for codec in metadata.get("codecs", ()):
+        if _codec_name(codec) == CODEC_NAME:
+            return codec.get("configuration", {}) if isinstance(codec, dict) else {}
+    return None
+
+
+def latent_geometry(shape, chunks, channels: int) -> tuple[list[int], list[int]]:
+    """Latent shape and chunk shape of a pixel array (..., H, W, 3) chunked (..., cH, cW, 3): see the module doc."""
+    shape, chunks = list(shape), list(chunks)
+    latent_shape, latent_chunks = shape[:-3], chunks[:-3]
+    for size, chunk in zip(shape[-3:-1], chunks[-3:-1]):
+        full_chunks, rest = divmod(size, chunk)
+        latent_shape.append(full_chunks * latent_size(chunk) + latent_size(rest))
+        latent_chunks.append(latent_size(chunk))
+    return latent_shape + [channels], latent_chunks + [channels]
+
+
+def _latent_channels(configuration: dict) -> int:
+    from .codec import ConvolutionalAutoencoder
+
+    return ConvolutionalAutoencoder(**{k: v for k, v in configuration.items() if k != "id"}).latent_channels()
+
+
+def _latent_array_v2(metadata: dict, key: str) -> dict:
+    configuration = caecodec_configuration(metadata)
+    if configuration is None:
+        return metadata
+    if metadata.get("filters"):
+        raise ValueError(f"{key}: cannot read latents of an array with filters before the caecodec codec "
+                         f"(found {metadata['filters']})")
+    shape, chunks = latent_geometry(metadata["shape"], metadata["chunks"], _latent_channels(configuration))
+    return {**metadata, "shape": shape, "chunks": chunks, "dtype": "<f4", "fill_value": 0.0,
+            "compressor": {**configuration, "partial_decompress": True}}
+
+
+def _latent_node_v3(metadata: dict, key: str) -> dict:
+    consolidated = metadata.get("consolidated_metadata")
+    if consolidated and consolidated.get("metadata"):
+        members = {name: _latent_node_v3(member, f"{key}[{name}]") for name, member in consolidated["metadata"].items()}
+        metadata = {**metadata, "consolidated_metadata": {**consolidated, "metadata": members}}
+    configuration = caecodec_configuration(metadata)
+    if configuration is None:
+        return metadata
+    codecs = metadata["codecs"]
+    if _codec_name(codecs[0]) != CODEC_NAME:
+        raise ValueError(f"{key}: cannot read latents of an array whose codecs transform the pixels before the "
+                         f"caecodec serializer (found {[_codec_name(c) for c in codecs]})")
+    chunk_grid = metadata["chunk_grid"]
+    shape, chunks = latent_geometry(metadata["shape"], chunk_grid["configuration"]["chunk_shape"],
+                                    _latent_channels(configuration))
+    serializer = {"name": CODEC_NAME, "configuration": {**configuration, "partial_decompress": True}}
+    return {**metadata, "shape": shape, "data_type": "float32", "fill_value": 0.0,
+            "chunk_grid": {**chunk_grid, "configuration": {**chunk_grid["configuration"], "chunk_shape": chunks}},
+            "codecs": [serializer, *codecs[1:]]}
+
+
+def _latent_consolidated_v2(document: dict, key: str) -> dict:
+    members = {name: _latent_array_v2(member, f"{key}[{name}]") if name.rsplit("/", 1)[-1] == METADATA_V2 else member
+               for name, member in document.get("metadata", {}).items()}
+    return {**document, "metadata": members}
+
+
+_METADATA_REWRITES = {METADATA_V2: _latent_array_v2, CONSOLIDATED_V2: _latent_consolidated_v2,
+                      METADATA_V3: _latent_node_v3}
+
+
+def _codec_name(codec) -> str:
+    return codec if isinstance(codec, str) else codec.get("name", "")
+
+
+# -- helpers -------------------------------------------------------------------------------------
+def _read_only_store(path_or_store) -> Store:
+    if isinstance(path_or_store, Store):
+        return path_or_store if path_or_store.read_only else path_or_store.with_read_only(True)
+    if not isinstance(path_or_store, (str, os.PathLike)):
+        raise TypeError(f"BottleneckStore opens a path, an fsspec URL or a zarr Store; found {type(path_or_store).__name__}")
+    location = os.fspath(path_or_store)
+    if "://" in location:
+        return FsspecStore.from_url(location, read_only=True)
+    if not Path(location).is_dir():
+        raise FileNotFoundError(f"no zarr store at {location}: expected a directory")
+    return LocalStore(location, read_only=True)
+
+
+def _byte_slice(data: bytes, byte_range: ByteRequest | None) -> bytes:
+    if byte_range is None:
+        return data
+    if isinstance(byte_range, RangeByteRequest):
+        return data[byte_range.start : byte_range.end]
+    if isinstance(byte_range, OffsetByteRequest):
+        return data[byte_range.offset :]
+    return data[-byte_range.suffix :]
+
+
+def _refuse(action: str):
+    raise ReadOnlyError(f"BottleneckStore is a read-only view of latents; cannot {action}. "
+                        "Write to the original store instead.")

@@ -1,0 +1,417 @@
+"""Training caecodec's variable-rate factorized prior: one network for all sixteen configurations.
+
+Run state (checkpoints, logs) lives outside git, by default in `~/.cache/caecodec/train/<run>`;
+`train()` resumes exactly where the last checkpoint stopped (weights, optimizer, step, RNG, loss
+statistics), and starts from the bundled weights when there is no checkpoint but bundled weights exist.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from . import zoo
+from .evaluation import load_rgb, mean_measurement
+from .models import VariableRateFactorizedPrior
+
+
+@dataclass
+class TrainingConfig:
+    train_dir: str
+    run_dir: str
+    kodak_dir: str | None = None
+    n: int = 128
+    m: int = 192
+    levels: tuple[int, ...] = tuple(range(16))  # the levels trained, see zoo.level_index
+    mse_share: float = 0.6  # fraction of steps spent on the mse levels; the rest on ms-ssim
+    crop: int = 128
+    batch: int = 8
+    min_scale: float = 0.5  # random downscaling hides the JPEG blocks of the training photos
+    peak_lr: float = 4e-4  # 8e-4 diverged near step 2400 (docs/training.md)
+    final_lr: float = 2e-5
+    warmup_steps: int = 500
+    total_steps: int = 100_000
+    aux_lr: float = 1e-3
+    clip_norm: float = 1.0
+    spike_factor: float = 4.0  # a step whose loss exceeds this multiple of the running mean is skipped
+    min_psnr: float = 12.0  # after warm-up, a batch reconstructed worse than this is a divergence, skipped
+    recovery_skips: int = 10  # this many skipped steps out of the last 50: back to the last healthy checkpoint
+    checkpoint_every: int = 250
+    eval_every: int = 2000
+    eval_images: int = 8
+    seed: int = 0
+    msssim_window: int = 7  # 128-pixel crops are too small for 5 scales with the 11-pixel window
+    density_batch: int = 2  # crops whose latent also trains the densities of the levels not sampled
+
+    def lr(self, step: int, start: int = 0) -> float:
+        """Learning rate at `step`, warming up again from `start` (the step a run was started or restarted at)."""
+        if step - start < self.warmup_steps:
+            return self.peak_lr * (step - start + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * progress))
+
+
+def initial_gains(levels) -> list[float]:
+    """Quantization gains spaced like the square root of lambda (the high-rate optimum for MSE)."""
+    reference = {"mse": zoo.LAMBDAS["mse"][2], "ms-ssim": zoo.LAMBDAS["ms-ssim"][2]}
+    return [math.sqrt(zoo.level_lambda(level) / reference[zoo.level_configuration(level)[1]]) for level in levels]
+
+
+class CropSampler:
+    """Random crops of training photos held in memory, with random downscaling and horizontal flips."""
+
+    def __init__(self, folder: str, crop: int, min_scale: float):
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        if not paths:
+            raise ValueError(f"no PNG or JPEG images in {folder}")
+        self.images = [torch.from_numpy(load_rgb(p)).permute(2, 0, 1).contiguous() for p in paths]
+        self.images = [image for image in self.images if min(image.shape[1:]) >= crop]
+        self.crop, self.min_scale = crop, min_scale
+
+    def sample(self, generator: np.random.Generator, count: int) -> torch.Tensor:
+        crops = []
+        for _ in range(count):
+            image = self.images[generator.integers(len(self.images))]
+            height, width = image.shape[1:]
+            lowest = max(self.min_scale, self.crop / min(height, width))
+            scale = generator.uniform(lowest, 1.0) if lowest < 1.0 else 1.0
+            size = min(height, width, int(math.ceil(self.crop / scale)))
+            top, left = generator.integers(height - size + 1), generator.integers(width - size + 1)
+            region = image[None, :, top : top + size, left : left + size].float().div_(255.0)
+            if size != self.crop:
+                region = F.interpolate(region, size=(self.crop, self.crop), mode="bilinear", antialias=True,
+                                       align_corners=False).clamp_(0, 1)
+            if generator.random() < 0.5:
+                region = region.flip(-1)
+            crops.append(region)
+        return torch.cat(crops)
+
+
+def rate_distortion_loss(output: dict, x: torch.Tensor, level: int, msssim_window: int):
+    pixels = x.shape[0] * x.shape[2] * x.shape[3]
+    bpp = torch.log2(output["likelihoods"]["y"]).sum() / -pixels
+    mse = F.mse_loss(output["x_hat"], x)
+    quality, metric = zoo.level_configuration(level)
+    lam = zoo.LAMBDAS[metric][quality - 1]
+    if metric == "mse":
+        return lam * 255.0**2 * mse + bpp, bpp, mse
+    from pytorch_msssim import ms_ssim
+
+    distortion = 1 - ms_ssim(output["x_hat"], x, data_range=1.0, win_size=msssim_window)
+    return lam * distortion + bpp, bpp, mse
+
+
+class Trainer:
+    def __init__(self, config: TrainingConfig):
+        self.config = config
+        self.run_dir = Path(config.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
+        self.model = VariableRateFactorizedPrior(config.n, config.m, initial_gains(all_levels))
+        self.main_parameters = [p for name, p in self.model.named_parameters() if not name.endswith("quantiles")]
+        aux = [p for name, p in self.model.named_parameters() if name.endswith("quantiles")]
+        self.optimizer = torch.optim.Adam(self.main_parameters, lr=config.peak_lr)
+        self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
+        self.generator = np.random.default_rng(config.seed)
+        self.step = 0
+        self.loss_mean = {}  # running mean of each level's loss: normalises levels and detects spikes
+        self.skipped = 0
+        self.lr_scale = 1.0  # halved at every recovery from a divergence
+        self.warmup_start = 0  # step of the last (re)start from weights without optimizer state
+
+    # -- state -----------------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def healthy_path(self) -> Path:
+        """The last checkpoint saved with no skipped step shortly before it: where recoveries go back to."""
+        return self.run_dir / "healthy.pt"
+
+    def state(self) -> dict:
+        return {
+            "config": asdict(self.config), "step": self.step, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "aux_optimizer": self.aux_optimizer.state_dict(),
+            "generator": self.generator.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            "loss_mean": self.loss_mean, "skipped": self.skipped, "lr_scale": self.lr_scale,
+            "warmup_start": self.warmup_start,
+        }
+
+    def save(self, healthy: bool) -> None:
+        paths = [self.checkpoint_path] + ([self.healthy_path] if healthy else [])
+        for path in paths:
+            temporary = path.with_suffix(".tmp")
+            torch.save(self.state(), temporary)
+            os.replace(temporary, path)  # atomic: a killed run never leaves half a checkpoint
+
+    def resume(self, path: Path | None = None) -> bool:
+        path = path or self.checkpoint_path
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own run state
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.aux_optimizer.load_state_dict(state["aux_optimizer"])
+        self.generator.bit_generator.state = state["generator"]
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
+        self.lr_scale, self.warmup_start = state["lr_scale"], state["warmup_start"]
+        return True
+
+    def recover(self) -> None:
+        """Go back to the last healthy checkpoint with half the learning rate (keeping the RNG moving on)."""
+        generator_state = self.generator.bit_generator.state
+        scale = self.lr_scale
+        if not self.resume(self.healthy_path):
+            raise RuntimeError(f"training diverged before any healthy checkpoint in {self.run_dir}")
+        self.generator.bit_generator.state = generator_state  # new batches, not a replay of the diverging ones
+        self.lr_scale = scale / 2
+
+    def start_from_bundle(self, version: int) -> None:
+        """Initialise from bundled weights (run state lost): their weights and step, a fresh optimizer."""
+        from . import weights
+
+        card = weights.version_card(version)
+        bundled = weights._variable_rate_model(version)
+        tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
+        state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
+        self.model.load_state_dict(state, strict=False)
+        self.step = self.warmup_start = int(card["steps"])
+
+    # -- one step --------------------------------------------------------------------------------
+    def choose_level(self) -> int:
+        levels = self.config.levels
+        weights = np.array([self.config.mse_share if l < 8 else 1 - self.config.mse_share for l in levels])
+        return int(levels[self.generator.choice(len(levels), p=weights / weights.sum())])
+
+    def train_step(self, sampler: CropSampler) -> dict:
+        config = self.config
+        level = self.choose_level()
+        x = sampler.sample(self.generator, config.batch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+        self.model.train()
+        output = self.model(x, level)
+        loss, bpp, mse = rate_distortion_loss(output, x, level, config.msssim_window)
+        sample = output["y"][: config.density_batch]
+        pixels = sample.shape[0] * x.shape[2] * x.shape[3]
+        density_bpp = sum(self.model.density_bits(sample, other) for other in config.levels if other != level) / pixels
+        value = float(loss.detach())
+        mean = self.loss_mean.get(level, value)
+        psnr = float(-10 * torch.log10(mse.detach())) if float(mse.detach()) > 0 else float("inf")
+        warm = self.step - self.warmup_start > config.warmup_steps
+        spike = not math.isfinite(value) or (warm and (value > config.spike_factor * mean or psnr < config.min_psnr))
+        self.optimizer.zero_grad(set_to_none=True)
+        if spike:
+            self.skipped += 1
+        else:
+            (loss / mean + density_bpp).backward()
+            # main parameters only: the quantiles still hold the previous step's aux gradients, which a resumed
+            # run does not have, and which would change the clipping scale (and break exact resume)
+            torch.nn.utils.clip_grad_norm_(self.main_parameters, config.clip_norm)
+            self.optimizer.step()
+            self.loss_mean[level] = 0.99 * mean + 0.01 * value
+        aux = sum(self.model.aux_loss(trained) for trained in config.levels)
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_optimizer.step()
+        self.step += 1
+        return {"step": self.step, "level": level, "loss": value, "bpp": float(bpp.detach()), "psnr": psnr,
+                "aux": float(aux.detach()), "lr": group["lr"], "skipped": int(spike)}
+
+    def lr(self) -> float:
+        return self.lr_scale * self.config.lr(self.step, self.warmup_start)
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, images: list[np.ndarray]) -> list[dict]:
+        rows = []
+        for level in self.config.levels:
+            quality, metric = zoo.level_configuration(level)
+            result = mean_measurement(self.model.export(level), images).as_dict()
+            rows.append({"step": self.step, "quality": quality, "metric": metric, "images": len(images), **result})
+        return rows
+
+
+def kodak_images(folder: str | None, count: int) -> list[np.ndarray]:
+    if not folder or not Path(folder).is_dir():
+        return []
+    paths = sorted(Path(folder).glob("*.png"))
+    chosen = paths[:: max(1, len(paths) // count)][:count] if count < len(paths) else paths
+    return [load_rgb(p) for p in chosen]
+
+
+def append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def train(config: TrainingConfig, steps: int, progress: bool = True) -> Trainer:
+    """Train for `steps` more steps, checkpointing as it goes.
+
+    Resumes the run in `config.run_dir`; without one, starts from the newest bundled weights if any.
+    """
+    from collections import deque
+
+    from tqdm import tqdm
+
+    from . import weights
+
+    trainer = Trainer(config)
+    resumed = trainer.resume()
+    if not resumed and weights.bundled_versions():
+        card = weights.version_card(weights.latest_version())
+        if (card["n"], card["m"]) == (config.n, config.m):
+            trainer.start_from_bundle(weights.latest_version())
+    (trainer.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
+    evaluation_images = kodak_images(config.kodak_dir, config.eval_images)
+    target = trainer.step + steps
+    bar = tqdm(total=steps, disable=not progress, desc=f"train from step {trainer.step}" + (" (resumed)" if resumed else ""))
+    started = time.perf_counter()
+    recent_skips = deque(maxlen=50)
+    stop = _StopRequest()
+    while trainer.step < target and not stop.requested:
+        row = trainer.train_step(sampler)
+        row["seconds"] = round(time.perf_counter() - started, 2)
+        append_csv(trainer.run_dir / "steps.csv", row)
+        bar.update(1)
+        bar.set_postfix(level=row["level"], bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
+        recent_skips.append(row["skipped"])
+        if sum(recent_skips) >= config.recovery_skips:
+            trainer.recover()
+            recent_skips.clear()
+            append_csv(trainer.run_dir / "events.csv", {"step": trainer.step, "event": "recovered",
+                                                         "lr_scale": trainer.lr_scale})
+            continue
+        if trainer.step % config.checkpoint_every == 0 or trainer.step == target:
+            trainer.save(healthy=sum(recent_skips) == 0)
+        if evaluation_images and trainer.step % config.eval_every == 0:
+            for result in trainer.evaluate(evaluation_images):
+                append_csv(trainer.run_dir / "kodak.csv", result)
+    bar.close()
+    trainer.save(healthy=sum(recent_skips) == 0)
+    stop.restore()
+    return trainer
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT end the loop after the current step, so the run stops with a fresh checkpoint."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested = False
+        self._previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._request)
+
+    def _request(self, *_):
+        self.requested = True
+
+    def restore(self):
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def load_checkpoint_model(run_dir: str | Path) -> tuple[VariableRateFactorizedPrior, int]:
+    """The network of a training run's checkpoint, and its step."""
+    state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    config = state["config"]
+    model = VariableRateFactorizedPrior(config["n"], config["m"], [1.0] * state["model"]["log_gain"].shape[0])
+    model.load_state_dict(state["model"])
+    return model.eval(), state["step"]
+
+
+def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_dir: str | None = None,
+                  bundle_dir: Path | None = None) -> dict:
+    """Write a training run's weights as bundled version `version`, with its model card in the manifest."""
+    from . import weights
+
+    bundle_dir = Path(bundle_dir or weights.BUNDLE_DIR)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    model, step = load_checkpoint_model(run_dir)
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    path = bundle_dir / f"v{version}.safetensors"
+    weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
+    card = {
+        "file": path.name, "sha256": weights.sha256_file(path), "n": model.n, "m": model.m,
+        "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior "
+        "(shared transforms, per-level channel gains and densities), transforms stored in fp16",
+        "training_data": "shared/data/train (775 photos: BSDS500, ImageNet samples, Sun-Hays80)",
+        "recipe": {k: config[k] for k in ("crop", "batch", "min_scale", "peak_lr", "final_lr", "warmup_steps",
+                                          "total_steps", "mse_share", "msssim_window")},
+        "lambdas": zoo.LAMBDAS,
+    }
+    if kodak_dir:
+        bundled = weights.variable_rate_from_tensors(_load_tensors(path), model.n, model.m)
+        images = kodak_images(kodak_dir, 24)
+        card["kodak"] = {f"{m}-{q}": mean_measurement(bundled.export(zoo.level_index(q, m)), images).as_dict()
+                         for m in zoo.METRICS for q in zoo.QUALITIES}
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"versions": {}}
+    manifest["versions"][str(version)] = card
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return card
+
+
+def _load_tensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def plot_curves(run_dir: str | Path, output: str | Path) -> None:
+    """Training loss terms (smoothed, mse levels) and Kodak RD per evaluation, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    with (run_dir / "steps.csv").open() as handle:
+        rows = [r for r in csv.DictReader(handle) if int(r["level"]) < len(zoo.QUALITIES)]
+    steps = np.array([int(r["step"]) for r in rows])
+    window = max(1, len(rows) // 100)
+
+    def smooth(key):
+        values = np.array([float(r[key]) for r in rows])
+        return np.convolve(values, np.ones(window) / window, mode="valid")
+
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(steps[window - 1 :], smooth("bpp"))
+    axes[0].set(title="training bpp (mse levels, noisy latent)", xlabel="step", ylabel="bpp")
+    axes[1].plot(steps[window - 1 :], smooth("psnr"))
+    axes[1].set(title="training PSNR (mse levels)", xlabel="step", ylabel="dB")
+    kodak = run_dir / "kodak.csv"
+    if kodak.exists():
+        with kodak.open() as handle:
+            evaluations = [r for r in csv.DictReader(handle) if r["metric"] == "mse"]
+        for step in sorted({int(r["step"]) for r in evaluations}):
+            points = sorted((float(r["bpp"]), float(r["psnr"])) for r in evaluations if int(r["step"]) == step)
+            axes[2].plot(*zip(*points), marker="o", label=f"step {step}")
+        axes[2].legend(fontsize=7)
+    axes[2].set(title="Kodak, real bitstreams (mse levels)", xlabel="bpp", ylabel="PSNR dB")
+    for axis in axes:
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(output, dpi=100)
+    plt.close(figure)

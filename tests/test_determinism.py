@@ -1,0 +1,100 @@
+"""Determinism: the bytes a chunk encodes to depend on nothing but the pixels and the weights.
+
+Committed reference chunks (tests/fixtures, written once by make_fixtures.py and never regenerated)
+pin the format: any change that would alter written data, or stop old data from decoding, fails here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_CHECKPOINT
+
+FIXTURES = ROOT / "tests" / "fixtures"
+FIXTURE_CONFIGS = sorted(FIXTURES.glob("*/*.json"))
+
+
+def load_fixture_maker():
+    spec = importlib.util.spec_from_file_location("make_fixtures", FIXTURES / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_fixtures = load_fixture_maker()
+
+
+# -- pinned reference chunks -----------------------------------------------------------------------
+def test_tiny_checkpoint_fixtures_are_committed():
+    names = {path.parent.name for path in FIXTURE_CONFIGS}
+    assert "tiny" in names and len(FIXTURE_CONFIGS) >= 2
+
+
+@pytest.mark.parametrize("config_path", FIXTURE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_reference_chunk_still_decodes_and_reencodes_to_the_same_bytes(config_path):
+    stem = config_path.parent / config_path.stem
+    codec = make_fixtures.codec_for(json.loads(config_path.read_text()))
+    chunk = stem.with_suffix(".cae").read_bytes()
+    source = np.load(f"{stem}.source.npy")
+
+    _, symbols, _ = codec.decode_symbols(chunk)
+    np.testing.assert_array_equal(symbols, np.load(f"{stem}.symbols.npy"))
+    pixels, reference = codec.decode(chunk), np.load(f"{stem}.pixels.npy")
+    assert pixels.shape == reference.shape == source.shape and pixels.dtype == np.uint8
+    # the latent is exact everywhere; the synthesis runs in floats, so another machine may round a pixel differently
+    assert np.abs(pixels.astype(int) - reference).max() <= 1
+    assert codec.encode(source) == chunk, "re-encoding the reference source no longer gives the committed bytes"
+
+
+def test_fixture_maker_refuses_to_overwrite(tmp_path):
+    config = {"quality": 8, "metric": "mse", "weights": "tiny"}
+    source = np.zeros((16, 16, 3), np.uint8)
+    make_fixtures.write_fixture(tmp_path, "flat", config, source)
+    with pytest.raises(SystemExit, match="refusing to overwrite"):
+        make_fixtures.write_fixture(tmp_path, "flat", config, source)
+
+
+# -- torch threads ---------------------------------------------------------------------------------
+ENCODE_WITH_THREADS = """
+import hashlib, json, sys
+import numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from caecodec import ConvolutionalAutoencoder
+from caecodec.evaluation import load_rgb
+image = load_rgb(sys.argv[2])
+chunks = {"crop": image[37:137, 51:203], "stack": np.stack([image[:48, :64], image[200:248, 300:364]])}
+digest = lambda a: hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+out = {"threads": torch.get_num_threads()}
+for weights, quality in ((sys.argv[3], 8), ("bundled", 1), ("bundled", 8)):
+    codec = ConvolutionalAutoencoder(quality=quality, weights=weights, gpu=False)
+    latents = ConvolutionalAutoencoder(quality=quality, weights=weights, gpu=False, partial_decompress=True)
+    for name, chunk in chunks.items():
+        data = codec.encode(chunk)
+        key = f"{weights[-12:]} q{quality} {name}"
+        out[key] = [digest(np.frombuffer(data, np.uint8)), digest(latents.decode(data)), digest(codec.decode(data))]
+print(json.dumps(out))
+"""
+
+
+def encode_in_subprocess(threads: int) -> dict:
+    from conftest import SAMPLE
+
+    result = subprocess.run([sys.executable, "-c", ENCODE_WITH_THREADS, str(threads), str(SAMPLE), str(TINY_CHECKPOINT)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_one_and_two_torch_threads_give_identical_bytes_latents_and_pixels():
+    one, two = encode_in_subprocess(1), encode_in_subprocess(2)
+    assert (one.pop("threads"), two.pop("threads")) == (1, 2)
+    assert len(one) == 6
+    for key in one:
+        assert one[key][0] == two[key][0], f"{key}: chunk bytes differ between 1 and 2 torch threads"
+        assert one[key][1:] == two[key][1:], f"{key}: decoded latents or pixels differ between 1 and 2 threads"

@@ -1,0 +1,109 @@
+"""The model is CompressAI's FactorizedPrior: parity with CompressAI's own saved outputs, all key namings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from caecodec import coding
+from caecodec.checkpoints import factorized_prior_from_state_dict, normalize_keys, read_state_dict
+from caecodec.compression import to_tensor
+from caecodec.models import VariableRateFactorizedPrior
+
+from conftest import TINY_CHECKPOINT
+
+CHECKPOINTS = ["factorized_N32_M48.pth.tar", "factorized_N32_M48_legacy_names.pth.tar"]
+REFERENCES = ["reference_a.npz", "reference_b.npz"]
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_parity_with_compressai(reference_dir, checkpoint, reference):
+    model = factorized_prior_from_state_dict(read_state_dict(reference_dir / checkpoint))
+    assert (model.n, model.m) == (32, 48)  # inferred from the weight shapes
+    saved = np.load(reference_dir / reference)
+    assert str(saved["pad_mode"]) == "replicate"
+    height, width = saved["input_uint8"].shape[:2]
+    with torch.no_grad():
+        x = to_tensor(saved["input_uint8"][None])
+        y = model.g_a(x)
+        y_hat, likelihoods = model.entropy_bottleneck(y)
+        x_hat = model.g_s(y_hat).clamp(0, 1)
+        forward = model(x)["x_hat"]
+    for ours, key in [(y, "y"), (y_hat, "y_hat"), (likelihoods, "likelihoods"), (x_hat, "x_hat_from_y_hat"),
+                      (forward, "x_hat_forward")]:
+        np.testing.assert_allclose(ours[0].numpy(), saved[key], atol=1e-4, err_msg=key)
+    assert x_hat.shape[-2:] == (height + (-height) % 16, width + (-width) % 16)
+
+
+@pytest.mark.parametrize("reference", REFERENCES)
+def test_coded_size_matches_compressai_rans(reference_dir, reference):
+    model = factorized_prior_from_state_dict(read_state_dict(reference_dir / CHECKPOINTS[0]))
+    saved = np.load(reference_dir / reference)
+    tables = model.entropy_bottleneck.cdf_tables()
+    symbols = np.round(saved["y"][None] - tables.medians[None, :, None, None]).astype(np.int32)
+    words, escapes = coding.encode(symbols, tables)
+    coded = words.nbytes + len(escapes)
+    # CompressAI's rANS: 328 and 484 bytes; theoretical 321.8 and 479.2
+    assert coded <= len(saved["compressai_bytes"])
+    assert coded <= 1.03 * float(saved["theoretical_bits"]) / 8 + 4
+    np.testing.assert_array_equal(coding.decode(words, escapes, symbols.shape, tables), symbols)
+
+
+def test_three_density_namings_load_the_same_model(reference_dir):
+    state = normalize_keys(read_state_dict(reference_dir / CHECKPOINTS[0]))
+    legacy = read_state_dict(reference_dir / CHECKPOINTS[1])
+    oldest = {}
+    for key, value in state.items():
+        for plural, singular in (("matrices", "matrix"), ("biases", "bias"), ("factors", "factor")):
+            prefix = f"entropy_bottleneck.{plural}."
+            if key.startswith(prefix):
+                key = f"entropy_bottleneck._{singular}{key[len(prefix):]}"
+        oldest[key] = value
+    assert any(k.startswith("entropy_bottleneck._matrix0") for k in oldest)
+    reference = factorized_prior_from_state_dict(state).state_dict()
+    for variant in (legacy, oldest):
+        loaded = factorized_prior_from_state_dict(variant).state_dict()
+        assert loaded.keys() == reference.keys()
+        assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+
+
+def test_checkpoint_without_constant_buffers_loads(reference_dir):
+    state = {k: v for k, v in read_state_dict(reference_dir / CHECKPOINTS[0]).items()
+             if not k.endswith(("pedestal", "lower_bound.bound"))}
+    model = factorized_prior_from_state_dict(state)
+    assert model.entropy_bottleneck.cdf_tables().channels == 48
+
+
+def test_our_tables_are_close_to_compressais(reference_dir):
+    model = factorized_prior_from_state_dict(read_state_dict(reference_dir / CHECKPOINTS[0]))
+    stored = model.entropy_bottleneck.cdf_tables()
+    rebuilt = model.entropy_bottleneck.update()
+    np.testing.assert_array_equal(stored.offset, rebuilt.offset)
+    np.testing.assert_array_equal(stored.cdf_length, rebuilt.cdf_length)
+    assert np.abs(stored.quantized_cdf.astype(int) - rebuilt.quantized_cdf).max() <= 2
+
+
+def test_wrong_checkpoints_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="not a FactorizedPrior checkpoint"):
+        factorized_prior_from_state_dict({"conv.weight": torch.zeros(1)})
+    state = read_state_dict(TINY_CHECKPOINT)
+    state["g_s.0.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ValueError, match="g_s.0.weight: expected shape"):
+        factorized_prior_from_state_dict(state)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(junk)
+
+
+def test_exported_level_computes_the_variable_rate_network():
+    torch.manual_seed(0)
+    network = VariableRateFactorizedPrior(8, 12, [0.5, 2.0]).eval()
+    with torch.no_grad():
+        network.log_gain.add_(torch.randn_like(network.log_gain) * 0.1)
+        x = torch.rand(1, 3, 32, 48)
+        for level in range(2):
+            exported = network.export(level)
+            np.testing.assert_allclose(exported(x)["x_hat"].numpy(), network(x, level)["x_hat"].numpy(), atol=1e-5)

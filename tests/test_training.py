@@ -1,0 +1,74 @@
+"""Training through the real CLI: exact resume, curves, export to a bundle the codec loads."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caecodec import weights
+from caecodec.models import VariableRateFactorizedPrior
+
+TINY = ["--n", "8", "--m", "8", "--batch", "2", "--threads", "1", "--quiet", "--kodak-dir", ""]
+
+
+def caecodec(*arguments, cwd):
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", *map(str, arguments)], capture_output=True,
+                            text=True, timeout=600, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, sample_image):
+    folder = tmp_path_factory.mktemp("photos")
+    for i, (top, left) in enumerate([(0, 0), (100, 200), (200, 50)]):
+        Image.fromarray(sample_image[top : top + 180, left : left + 300]).save(folder / f"photo{i}.png")
+    return folder
+
+
+def model_state(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def test_resume_is_exact(tmp_path, photos):
+    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "straight", "--steps", 4, *TINY, cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 3, *TINY, cwd=tmp_path)
+    out = caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 1, *TINY, cwd=tmp_path)
+    assert "step 4" in out
+    straight, resumed = model_state(tmp_path / "straight"), model_state(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    steps = (tmp_path / "resumed" / "steps.csv").read_text().splitlines()
+    assert len(steps) == 1 + 4 and steps[0].startswith("step,level,loss,bpp,psnr")
+
+
+def test_export_and_plot(tmp_path, photos):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
+    caecodec("train", "--run-dir", run, "--plot", tmp_path / "curves.png", cwd=tmp_path)
+    assert Image.open(tmp_path / "curves.png").size[0] > 500
+    bundle = tmp_path / "bundle"
+    out = caecodec("train", "--run-dir", run, "--export", 7, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
+    assert "version 7" in out
+    from safetensors.torch import load_file
+
+    tensors = load_file(bundle / "v7.safetensors")
+    assert tensors["g_a.0.weight"].dtype == torch.float16 and tensors["log_gain"].dtype == torch.float32
+    model = weights.variable_rate_from_tensors(tensors, 8, 8)
+    assert isinstance(model, VariableRateFactorizedPrior) and model.levels == 16
+    exported = model.export(3)
+    stored = tensors["entropy_bottlenecks.3._quantized_cdf"].numpy()
+    np.testing.assert_array_equal(exported.entropy_bottleneck.cdf_tables().quantized_cdf, stored)
+
+
+def test_missing_training_folder_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(tmp_path / "none"),
+                             "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "training images folder not found" in result.stderr
