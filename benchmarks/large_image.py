@@ -7,7 +7,8 @@
 the real CLI in a subprocess for each direction and records its peak RSS (getrusage of the child) and
 MPix/s. Memory depends on the width (one band of chunk rows is held), not the height, so a full-width
 strip measures the memory of a 30000x30000 image; its time scales with the pixel count.
-`seams` codes Kodak photos in independent chunks and compares the PSNR in 8-pixel bands on either side of
+`seams` codes Kodak photos in chunks (independently, and with the analysis / synthesis halos of
+caecodec.store.write_seamless / read_seamless) and compares the PSNR in 8-pixel bands on either side of
 each internal chunk border with the PSNR of the rest, with whole-image coding as the control.
 Results are appended to docs/large_image.json.
 """
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from caecodec.tiling import ANALYSIS_HALO, SYNTHESIS_HALO
 
 ROOT = Path(__file__).resolve().parents[1]
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -86,59 +89,65 @@ def stream(args) -> dict:
                 "from_zarr": round(900 / decode["mpix_per_s"] / 3600, 2)}}
 
 
-def seam_psnr(original: np.ndarray, decoded: np.ndarray, chunk: int, band: int = 8) -> tuple[float, float]:
-    """PSNR within `band` pixels of internal chunk borders, and PSNR of all other pixels."""
-    from caecodec.evaluation import psnr
+def coded_array(path: Path, photo: np.ndarray, args, halo: int | None):
+    """A zarr array of the photo in --chunk chunks: written by zarr (each chunk alone) when halo is None,
+    else by caecodec.write_seamless (each chunk analysed with `halo` pixels of its neighbours)."""
+    import zarr
+    from caecodec import CAECodec, write_seamless
 
-    height, width = original.shape[:2]
-    near = np.zeros((height, width), bool)
-    for border in range(chunk, height, chunk):
-        near[border - band : border + band] = True
-    for border in range(chunk, width, chunk):
-        near[:, border - band : border + band] = True
-    return psnr(original[near], decoded[near]), psnr(original[~near], decoded[~near])
+    array = zarr.create_array(path, shape=photo.shape, chunks=(args.chunk, args.chunk, 3), dtype="uint8",
+                              serializer=CAECodec(args.quality), compressors=None)
+    if halo is None:
+        array[:] = photo
+    else:
+        write_seamless(array, lambda rows: photo[rows], halo=halo)
+    return array
 
 
 def seams(args) -> dict:
-    """Seam vs interior PSNR on Kodak photos for three ways of coding them (entropy coding is lossless, so the
-    pixels come straight from the transforms): the whole image at once (control: what content alone does),
-    independent chunks (what a zarr array stores), and independent chunks whose latents are stitched and
-    synthesised together (a decoder-side option that needs no format change)."""
-    from caecodec.compression import analyse, synthesise
-    from caecodec.tiling import grid
+    """Seam vs interior PSNR on Kodak photos for the ways of coding them: the whole image at once (control:
+    what content alone does), independent chunks (what zarr stores and reads by itself), independent chunks
+    whose whole latents are stitched and synthesised at once, and the streaming paths of caecodec.store:
+    chunks analysed with an analysis halo (write_seamless), regions read with a synthesis halo (read_seamless),
+    and both. Every chunked variant goes through a real zarr store."""
+    from caecodec import open_latents, read_seamless
+    from caecodec.compression import analyse, synthesise, synthesise_latent
+    from caecodec.evaluation import border_psnr
     from caecodec.weights import load
 
+    if args.chunk % 16:
+        raise SystemExit(f"--chunk must be a multiple of 16, found {args.chunk}")
     loaded = load(args.quality, "mse")
-
-    def encode(pixels):
-        return analyse(loaded.model, pixels[None], loaded.tables)
-
-    def decode(symbols, height, width):
-        return synthesise(loaded.model, symbols, loaded.tables, height, width)[0]
-
-    latent_chunk = args.chunk // 16
-    totals = {}
+    totals, rates = {}, {}
     names = [f"kodim{i:02d}" for i in range(1, args.images + 1)]
-    for photo in kodak_photos()[: args.images]:
-        height, width = photo.shape[:2]
-        tiles = grid(height, width, args.chunk)
-        chunked, stitched = np.empty_like(photo), np.zeros(encode(photo).shape, np.int32)
-        for rows, cols in tiles:
-            symbols = encode(photo[rows, cols])
-            chunked[rows, cols] = decode(symbols, rows.stop - rows.start, cols.stop - cols.start)
-            stitched[..., rows.start // 16 : rows.start // 16 + symbols.shape[2],
-                     cols.start // 16 : cols.start // 16 + symbols.shape[3]] = symbols
-        assert latent_chunk * 16 == args.chunk, "--chunk must be a multiple of 16"
-        variants = {"whole_image": decode(encode(photo), height, width), "independent_chunks": chunked,
-                    "chunks_joint_synthesis": decode(stitched, height, width)}
-        for label, decoded in variants.items():
-            totals.setdefault(label, []).append(seam_psnr(photo, decoded, args.chunk))
+    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        for number, photo in enumerate(kodak_photos()[: args.images]):
+            height, width = photo.shape[:2]
+            independent = coded_array(Path(folder) / f"{number}-independent.zarr", photo, args, None)
+            in_context = coded_array(Path(folder) / f"{number}-context.zarr", photo, args, args.analysis_halo)
+            stitched = np.moveaxis(open_latents(independent.store)[:], -1, 0)[None]
+            variants = {
+                "whole_image": synthesise(loaded.model, analyse(loaded.model, photo[None], loaded.tables),
+                                          loaded.tables, height, width)[0],
+                "independent_chunks": independent[:],
+                "chunks_joint_synthesis": synthesise_latent(loaded.model, stitched, slice(0, height),
+                                                            slice(0, width))[0],
+                "analysis_halo_only": in_context[:],
+                "synthesis_halo_only": read_seamless(independent, halo=args.synthesis_halo),
+                "analysis_and_synthesis_halo": read_seamless(in_context, halo=args.synthesis_halo),
+            }
+            for label, decoded in variants.items():
+                totals.setdefault(label, []).append(border_psnr(photo, decoded, args.chunk))
+            for label, array in (("independent_chunks", independent), ("analysis_halo", in_context)):
+                rates.setdefault(label, []).append(8 * array.nbytes_stored() / (height * width))
     results = {label: {"near_borders_db": round(float(np.mean([n for n, _ in values])), 2),
                        "interior_db": round(float(np.mean([i for _, i in values])), 2),
                        "difference_db": round(float(np.mean([i - n for n, i in values])), 2)}
                for label, values in totals.items()}
     return {"kind": "seams", "images": f"{', '.join(names)} (768x512, mean over images)", "quality": args.quality,
-            "chunk": args.chunk, "band_px": 8, **results}
+            "chunk": args.chunk, "band_px": 8, "analysis_halo_px": args.analysis_halo,
+            "synthesis_halo_latent_px": args.synthesis_halo,
+            "bpp": {label: round(float(np.mean(values)), 4) for label, values in rates.items()}, **results}
 
 
 def main() -> None:
@@ -149,6 +158,10 @@ def main() -> None:
     parser.add_argument("-q", "--quality", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--images", type=int, default=6, help="seams: how many Kodak photos")
+    parser.add_argument("--analysis-halo", type=int, default=ANALYSIS_HALO,
+                        help=f"seams: pixels of neighbours analysed with each chunk (default {ANALYSIS_HALO})")
+    parser.add_argument("--synthesis-halo", type=int, default=SYNTHESIS_HALO,
+                        help=f"seams: latent pixels of neighbours synthesised with each tile (default {SYNTHESIS_HALO})")
     args = parser.parse_args()
     from caecodec.weights import latest_version, version_card
 

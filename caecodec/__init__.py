@@ -17,6 +17,8 @@ _EXPORTS = {
     "WeightsError": "caecodec.weights",
     "BottleneckStore": "caecodec.store",
     "open_latents": "caecodec.store",
+    "read_seamless": "caecodec.store",
+    "write_seamless": "caecodec.store",
 }
 __all__ = sorted(_EXPORTS)
 

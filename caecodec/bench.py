@@ -40,7 +40,7 @@ MIN_SIDE = 161  # MS-SSIM's five scales with an 11-pixel window need more than 1
 QUICK_IMAGES = 2
 QUICK_QUALITIES = (2, 5, 8)
 RATES_OF_INTEREST = (0.25, 0.5, 1.0)  # bpp at which PSNR is interpolated for the summary
-CROP = 192  # side of the crop of the visual page: stored as is (full images would weigh ~0.7 MB each),
+CROP = 192  # side of the zoomed crop of the visual page: stored as is,
 ZOOM = 2  # and enlarged by the browser, without smoothing
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run")
@@ -655,12 +655,14 @@ def detail_crop(image: np.ndarray, size: int = CROP) -> tuple[int, int]:
     return corner
 
 
-def save_crop(folder: Path, stem: str, image: np.ndarray, corner: tuple[int, int]) -> str:
+def save_panel(folder: Path, stem: str, image: np.ndarray, corner: tuple[int, int]) -> tuple[str, str]:
+    """The decoded image and its crop, lossless: WebP for the full image (40 % smaller than PNG), PNG for the crop."""
     from PIL import Image
 
     top, left = corner
+    Image.fromarray(image).save(folder / f"{stem}.webp", lossless=True, method=6)
     Image.fromarray(image[top : top + CROP, left : left + CROP]).save(folder / f"{stem}-crop.png")
-    return f"{stem}-crop.png"
+    return f"{stem}.webp", f"{stem}-crop.png"
 
 
 def write_visual_page(folder: Path, images: dict[str, np.ndarray], configuration: tuple[int, str], weights: str,
@@ -694,8 +696,8 @@ def write_visual_page(folder: Path, images: dict[str, np.ndarray], configuration
 def _panel(folder, name, stem, title, original, decoded, bpp, corner) -> dict:
     from .evaluation import psnr
 
-    crop = save_crop(folder, f"{name}-{stem}", decoded, corner)
-    return {"title": title, "crop": crop, "bpp": bpp,
+    full, crop = save_panel(folder, f"{name}-{stem}", decoded, corner)
+    return {"title": title, "image": full, "crop": crop, "bpp": bpp,
             "psnr": None if bpp is None else psnr(original, decoded)}
 
 
@@ -707,7 +709,8 @@ def visual_html(entries: dict, reference: str) -> str:
             caption = html.escape(panel["title"])
             if panel["bpp"] is not None:
                 caption += f"<br>{panel['bpp']:.3f} bpp · {panel['psnr']:.2f} dB"
-            figures.append(f'<figure><img src="{panel["crop"]}" alt="{html.escape(panel["title"])} (crop)" '
+            figures.append(f'<figure><img src="{panel["image"]}" alt="{html.escape(panel["title"])}" class="full">'
+                           f'<img src="{panel["crop"]}" alt="{html.escape(panel["title"])} (zoomed crop)" '
                            f'class="crop"><figcaption>{caption}</figcaption></figure>')
         top, left = entry["crop"]
         sections.append(f"<section><h2>{html.escape(name)}: {entry['target_bpp']:.3f} bpp</h2>"
@@ -718,7 +721,8 @@ def visual_html(entries: dict, reference: str) -> str:
 <style>
 body {{ font-family: sans-serif; margin: 1em; }}
 .grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax({CROP * ZOOM}px, 1fr)); gap: 12px; }}
-figure {{ margin: 0; }} img.crop {{ width: {CROP * ZOOM}px; image-rendering: pixelated; }}
+figure {{ margin: 0; }} img.full {{ width: {CROP * ZOOM}px; display: block; }}
+img.crop {{ width: {CROP * ZOOM}px; image-rendering: pixelated; }}
 figcaption {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>caecodec visual comparison</h1>

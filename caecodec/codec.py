@@ -80,7 +80,6 @@ class ConvolutionalAutoencoder(Codec):
 
     # -- coding --------------------------------------------------------------------------------
     def encode(self, buf) -> bytes:
-        from . import coding
         from .compression import analyse
 
         if self.partial_decompress:
@@ -92,9 +91,35 @@ class ConvolutionalAutoencoder(Codec):
         with thread_count_independent_convolutions():
             symbols = np.concatenate([analyse(loaded.model, image[None], loaded.tables, loaded.device)
                                       for image in images])
+        return self.encode_latent(symbols, chunk.shape)
+
+    def analyse_in_context(self, region: np.ndarray, offset: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
+        """The symbols of one image chunk of `shape` (..., H, W, 3) that starts `offset` = (rows, cols) pixels
+        (multiples of 16) into `region` (uint8 (h, w, 3): the chunk plus real neighbouring pixels), analysed
+        with that context; `encode_latent` turns them into an ordinary chunk. See docs/large-images.md."""
+        from .compression import analyse_in_context, latent_size
+
+        loaded = self._model()
+        with thread_count_independent_convolutions():
+            return analyse_in_context(loaded.model, check_chunk(region), loaded.tables, offset,
+                                      (latent_size(shape[-3]), latent_size(shape[-2])), loaded.device)
+
+    def encode_latent(self, symbols: np.ndarray, shape: tuple[int, ...]) -> bytes:
+        """The chunk bytes of a chunk of `shape` (..., H, W, 3) whose latent symbols are given, int32
+        (images, M, ceil(H/16), ceil(W/16)): the same format as `encode`, decoding to exactly these symbols."""
+        from . import coding
+        from .compression import latent_size
+
+        shape = tuple(int(d) for d in shape)
+        loaded = self._model()
+        images = int(np.prod(shape[:-3], dtype=np.int64))
+        expected = (images, loaded.tables.channels, latent_size(shape[-3]), latent_size(shape[-2]))
+        if symbols.shape != expected or symbols.dtype != np.int32:
+            raise ValueError(f"a chunk of shape {shape} has int32 symbols of shape {expected}; found "
+                             f"{symbols.dtype} {symbols.shape}")
         words, escapes = coding.encode(symbols, loaded.tables)
         header = Header(self.metric, self.quality, loaded.weights_version, loaded.weights_digest,
-                        loaded.tables.channels, tuple(int(d) for d in chunk.shape))
+                        loaded.tables.channels, shape)
         return bitstream.pack(header, words, escapes)
 
     def decode_symbols(self, buf) -> tuple[Header, np.ndarray, object]:

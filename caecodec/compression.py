@@ -38,16 +38,42 @@ def analyse(model: FactorizedPrior, images: np.ndarray, tables: CdfTables, devic
     return np.round(centred).astype(np.int32)
 
 
+def analyse_in_context(model: FactorizedPrior, region: np.ndarray, tables: CdfTables, offset: tuple[int, int],
+                       latent_shape: tuple[int, int], device: str = "cpu") -> np.ndarray:
+    """The symbols (1, M, *latent_shape) of the chunk that starts `offset` = (rows, cols) pixels into `region`
+    (uint8 (h, w, 3): the chunk and the real pixels around it), analysed together with its neighbours.
+
+    The offsets are multiples of 16, so the region's latent grid is the chunk's, shifted by whole latent
+    pixels. The region is padded (replicate, as `to_tensor` does) to cover the chunk's whole latent extent:
+    where the chunk reaches past the image, its latent sees the image's last row/column continued.
+    """
+    top, left = offset
+    if top % DOWNSAMPLING or left % DOWNSAMPLING:
+        raise ValueError(f"the chunk's offset in its region must be a multiple of {DOWNSAMPLING} on both axes; "
+                         f"found {offset}")
+    rows, cols = top + DOWNSAMPLING * latent_shape[0], left + DOWNSAMPLING * latent_shape[1]
+    covering = np.pad(region, ((0, max(0, rows - region.shape[0])), (0, max(0, cols - region.shape[1])), (0, 0)),
+                      mode="edge")
+    symbols = analyse(model, covering[None], tables, device)
+    first_row, first_col = top // DOWNSAMPLING, left // DOWNSAMPLING
+    return symbols[..., first_row : first_row + latent_shape[0], first_col : first_col + latent_shape[1]]
+
+
 def dequantize(symbols: np.ndarray, tables: CdfTables) -> np.ndarray:
     """The latent y_hat = symbol + median as float32 (B, M, h, w): what the synthesis transform sees."""
     return (symbols.astype(np.float32) + tables.medians[None, :, None, None]).astype(np.float32)
 
 
 @torch.no_grad()
+def synthesise_latent(model: FactorizedPrior, latent: np.ndarray, rows: slice, cols: slice,
+                      device: str = "cpu") -> np.ndarray:
+    """uint8 (B, h, w, 3): the pixels `rows` x `cols` of the synthesis of the dequantized latent (B, M, h', w')."""
+    x_hat = model.g_s(torch.from_numpy(np.ascontiguousarray(latent)).to(device))[:, :, rows, cols]
+    pixels = x_hat.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
 def synthesise(model: FactorizedPrior, symbols: np.ndarray, tables: CdfTables, height: int, width: int,
                device: str = "cpu") -> np.ndarray:
     """uint8 (B, height, width, 3) reconstruction of the latent symbols."""
-    y_hat = torch.from_numpy(dequantize(symbols, tables)).to(device)
-    x_hat = model.g_s(y_hat)[:, :, :height, :width]
-    pixels = x_hat.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return synthesise_latent(model, dequantize(symbols, tables), slice(0, height), slice(0, width), device)

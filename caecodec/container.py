@@ -14,12 +14,16 @@ Layout of container version 1 (integers little-endian):
             n      a caecodec chunk (the codec's own bitstream, see caecodec/bitstream.py: model, quality,
                    metric, shape, entropy-coded latent, CRC32), written by ConvolutionalAutoencoder.encode
 
-Tiles are coded independently, so a file is written and read one band of tiles at a time, never holding
-more than a band of pixels. Model, quality and metric live in the chunks, not in the container header.
+Every tile is an ordinary chunk that decodes on its own, so a file is written and read one band of tiles at a
+time, never holding more than a band of pixels (plus halos). By default the writer analyses each tile with
+the real pixels around it and the reader synthesises each band with the latent rows of its neighbours, so
+tile borders do not show (docs/large-images.md, "Tile seams"); neither changes the tile's bytes format.
+Model, quality and metric live in the chunks, not in the container header.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -33,7 +37,7 @@ from typing import BinaryIO
 import numpy as np
 
 from . import bitstream
-from .tiling import bands
+from .tiling import ANALYSIS_HALO, SYNTHESIS_HALO, bands, encoded_bands, seamless_bands, synthesis_with
 
 MAGIC = b"CAEF"
 VERSION = 1
@@ -64,18 +68,21 @@ def _tile_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="caecodec-tile")
 
 
-def write(path: Path, info: FileInfo, read_band, codec, on_band=None) -> None:
-    """Code the image band by band (`read_band(rows) -> uint8 (h, W, 3)`), its tiles in parallel, into `path`."""
+def write(path: Path, info: FileInfo, read_band, codec, on_band=None, halo: int | None = ANALYSIS_HALO) -> None:
+    """Code the image band by band (`read_band(rows) -> uint8 (h, W, 3)`), its tiles in parallel, into `path`.
+
+    Each tile is analysed with `halo` pixels of its neighbours (None: alone); `on_band(pixels)` counts progress.
+    """
     header = json.dumps(asdict(info), sort_keys=True).encode()
     partial = path.with_name(path.name + ".part")
     with open(partial, "wb") as out, _tile_pool() as pool:
         out.write(_PREFIX.pack(MAGIC, VERSION, len(header)) + header + _U32.pack(zlib.crc32(header)))
-        for rows in bands(info.height, info.tile):
-            band = read_band(rows)
-            for chunk in pool.map(codec.encode, [band[:, cols] for cols in bands(info.width, info.tile)]):
+        for rows, chunks in encoded_bands(read_band, info.height, info.width, (info.tile, info.tile), codec,
+                                          pool, halo):
+            for chunk in chunks:
                 out.write(_U32.pack(len(chunk)) + chunk)
             if on_band is not None:
-                on_band(band)
+                on_band((rows.stop - rows.start) * info.width)
     os.replace(partial, path)
 
 
@@ -115,18 +122,48 @@ def first_chunk_header(path: Path) -> tuple[FileInfo, bitstream.Header]:
     return info, bitstream.unpack(chunk)[0]
 
 
-def decoded_bands(path: Path, codec) -> tuple[FileInfo, Iterator[np.ndarray]]:
-    """The file's info and its pixels as successive bands of `tile` rows, tiles decoded in parallel."""
+def decoded_bands(path: Path, codec, halo: int | None = SYNTHESIS_HALO) -> tuple[FileInfo, Iterator[np.ndarray]]:
+    """The file's info and its pixels as successive bands of `tile` rows, tiles entropy-decoded in parallel.
+
+    Each band is synthesised with `halo` latent rows and columns of its neighbouring tiles; halo None decodes
+    every tile alone (`codec.decode`).
+    """
     handle = open(path, "rb")
     info = read_info(handle, str(path))
 
-    def generate():
-        with handle, _tile_pool() as pool:
-            for _ in bands(info.height, info.tile):
-                tiles = list(pool.map(codec.decode, read_chunks(handle, str(path), info.tiles_per_row)))
-                yield np.concatenate(tiles, axis=1)
+    def tile_rows() -> Iterator[list[bytes]]:
+        for _ in bands(info.height, info.tile):
+            yield read_chunks(handle, str(path), info.tiles_per_row)
 
-    return info, generate()
+    def independent():
+        with handle, _tile_pool() as pool:
+            for chunks in tile_rows():
+                yield np.concatenate(list(pool.map(codec.decode, chunks)), axis=1)
+
+    def seamless():
+        with handle, _tile_pool() as pool:
+            latents = latent_bands((list(pool.map(codec.decode_symbols, chunks)) for chunks in tile_rows()), path)
+            first_band, loaded = next(latents)
+            bands_of_latent = itertools.chain([first_band], (latent for latent, _ in latents))
+            yield from seamless_bands(bands_of_latent, info.height, info.width, info.tile, synthesis_with(loaded), halo)
+
+    return info, independent() if halo is None else seamless()
+
+
+def latent_bands(decoded_tile_rows: Iterator[list], path: Path) -> Iterator[tuple[np.ndarray, object]]:
+    """Each band's dequantized latent (1, M, h', W') from its decoded tiles ((header, symbols, model) each), with
+    the model; a file whose tiles name different weights cannot be synthesised across them."""
+    from .compression import dequantize
+
+    first = None
+    for decoded in decoded_tile_rows:
+        for _, _, loaded in decoded:
+            first = loaded if first is None else first
+            if loaded is not first:
+                raise ContainerError(f"{path}: its tiles were written with different weights (versions "
+                                     f"{first.weights_version} and {loaded.weights_version}); decompress it with "
+                                     "--independent-chunks")
+        yield np.concatenate([dequantize(symbols, loaded.tables) for _, symbols, loaded in decoded], axis=-1), first
 
 
 def read_image(path: Path, codec) -> tuple[FileInfo, np.ndarray]:

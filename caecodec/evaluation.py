@@ -27,6 +27,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def border_psnr(original: np.ndarray, decoded: np.ndarray, chunk: int, band: int = 8) -> tuple[float, float]:
+    """PSNR within `band` pixels of the internal chunk borders of (H, W, 3) images cut into `chunk`-pixel
+    chunks, and PSNR of all other pixels: how much the seams cost (docs/large-images.md, "Tile seams")."""
+    height, width = original.shape[:2]
+    near = np.zeros((height, width), bool)
+    for border in range(chunk, height, chunk):
+        near[border - band : border + band] = True
+    for border in range(chunk, width, chunk):
+        near[:, border - band : border + band] = True
+    return psnr(original[near], decoded[near]), psnr(original[~near], decoded[~near])
+
+
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     """MS-SSIM on RGB uint8 (H, W, 3) images, the standard 11x11 window, 5 scales (pytorch-msssim).
 

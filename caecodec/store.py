@@ -13,20 +13,31 @@ to ceil(chunk/16) latent rows (and columns). Along a spatial axis of `size` pixe
 partial chunk of `rest` pixels: every latent row that covers a real pixel is visible, rows that cover
 only padding are cropped. Latent chunk i is exactly pixel chunk i (same grid, same chunk keys), also when
 the chunk size is not a multiple of 16: a latent row then covers pixels of one chunk only, never two.
+
+Seamless pixels. `write_seamless` writes an image into a caecodec array with every chunk analysed together
+with the real pixels around it; `read_seamless` reads a region by synthesising the latents of its chunks and
+of a halo of their neighbours together. Both keep the chunks ordinary chunks (plain zarr reads them) and make
+chunk borders decode as if the image had been coded in one piece (docs/large-images.md, "Tile seams").
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store
-from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import FsspecStore, LocalStore, WrapperStore
 
 from .compression import latent_size
+from .models import DOWNSAMPLING
+from .tiling import ANALYSIS_HALO, SYNTHESIS_HALO, LatentWindow, encoded_bands, latent_span, synthesis_with
+from .tiling import synthesise_in_tiles
 from .zarr3 import CODEC_NAME
 
 METADATA_V2 = ".zarray"
@@ -130,6 +141,97 @@ def open_latents(path_or_store, path: str | None = None):
     return array
 
 
+# -- seamless pixels -----------------------------------------------------------------------------
+def write_seamless(array, read: Callable[[slice], np.ndarray], index: tuple[int, ...] = (),
+                   halo: int = ANALYSIS_HALO, on_band: Callable[[int], None] | None = None) -> None:
+    """Write an image into `array[*index]` (a caecodec zarr array (..., H, W, 3)), every chunk analysed with
+    `halo` pixels (a multiple of 16) of the real pixels around it, and store the chunks' bytes directly.
+
+    `read(rows)` returns those rows of the image, all columns; it is called one band of chunk rows (plus the
+    halo) at a time, so the image is never held whole. The chunks are ordinary chunks of the array's codec:
+    plain zarr reads them. `on_band(pixels)` is told how many pixels each band wrote.
+    """
+    configuration = _raw_chunk_configuration(array)
+    chunks = array.chunks
+    if any(size != 1 for size in chunks[:-3]) or len(index) != array.ndim - 3:
+        raise ValueError(f"write_seamless writes one image (H, W, 3) of an array whose leading chunk sizes are 1; "
+                         f"found chunks {chunks} and index {index} for shape {array.shape}")
+    height, width = array.shape[-3:-1]
+    stored_shape = tuple(chunks)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="caecodec-chunk") as pool:
+        for rows, band in encoded_bands(read, height, width, chunks[-3:-1], _codec(configuration), pool, halo,
+                                        lambda rows, cols: stored_shape):
+            band_index = rows.start // chunks[-3]
+            for column, data in enumerate(band):
+                _chunk_path(array, (*index, band_index, column, 0)).set_sync(
+                    default_buffer_prototype().buffer.from_bytes(data))
+            if on_band is not None:
+                on_band((rows.stop - rows.start) * width)
+
+
+def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), index: tuple[int, ...] = (),
+                  halo: int = SYNTHESIS_HALO) -> np.ndarray:
+    """The pixels `array[*index, rows, cols]` of a caecodec zarr array (..., H, W, 3), synthesised across
+    chunk borders: the region's latent plus `halo` latent pixels of the neighbouring chunks is read through
+    a BottleneckStore (entropy decoding only) and synthesised tile by tile (bounded memory), so that chunk
+    borders do not show. Same shape as the plain read. Arrays whose chunks are not multiples of 16 pixels
+    (their latent grids do not line up), or that hold other codecs, are read plainly.
+    """
+    rows, cols = _span(rows, array.shape[-3]), _span(cols, array.shape[-2])
+    plain = (*index, rows, cols)
+    if rows.start == rows.stop or cols.start == cols.stop or not _seamless_readable(array):
+        return np.asarray(array[plain])
+    first_block = tuple(at // size for at, size in zip((*index, rows.start, cols.start, 0), array.chunks))
+    first_chunk = _chunk_path(array, first_block)
+    stored = first_chunk.get_sync(prototype=default_buffer_prototype())
+    if stored is None:  # never written: zarr's fill value, which has no latent
+        return np.asarray(array[plain])
+    # the weights the region's first chunk names; an array written by one caecodec has one set
+    _, _, loaded = _codec(caecodec_configuration(array.metadata.to_dict())).decode_symbols(stored.to_bytes())
+    latents = open_latents(array.store, path=array.path)
+    need_rows = latent_span(rows, halo, slice(0, latents.shape[-3]))
+    need_cols = latent_span(cols, halo, slice(0, latents.shape[-2]))
+    latent = np.moveaxis(np.asarray(latents[(*index, need_rows, need_cols)]), -1, 0)[None]
+    window = LatentWindow(latent, need_rows.start, need_cols.start)
+    return synthesise_in_tiles(window, rows, cols, synthesis_with(loaded), halo)
+
+
+def _seamless_readable(array) -> bool:
+    try:
+        _raw_chunk_configuration(array)
+    except ValueError:
+        return False
+    return all(size % DOWNSAMPLING == 0 for size in array.chunks[-3:-1])
+
+
+def _raw_chunk_configuration(array) -> dict:
+    """The caecodec configuration of an array whose stored chunks are the codec's own bytes (no other codec)."""
+    metadata = array.metadata.to_dict()
+    configuration = caecodec_configuration(metadata)
+    other_codecs = metadata.get("filters") if metadata.get("zarr_format") == 2 else metadata.get("codecs", ())[1:]
+    if configuration is None or other_codecs:
+        raise ValueError(f"expected an array whose only codec is {CODEC_NAME!r}; found the metadata "
+                         f"{ {k: metadata.get(k) for k in ('compressor', 'filters', 'codecs') if k in metadata} }")
+    return configuration
+
+
+def _codec(configuration: dict):
+    from .codec import ConvolutionalAutoencoder
+
+    return ConvolutionalAutoencoder(**{k: v for k, v in configuration.items() if k not in ("id", "partial_decompress")})
+
+
+def _chunk_path(array, block: tuple[int, ...]):
+    return array.store_path / array.metadata.encode_chunk_key(block)
+
+
+def _span(span: slice, size: int) -> slice:
+    start, stop, step = span.indices(size)
+    if step != 1:
+        raise ValueError(f"seamless reads take contiguous regions; expected a step of 1, found {step}")
+    return slice(start, max(start, stop))
+
+
 # -- metadata ------------------------------------------------------------------------------------
 def caecodec_configuration(metadata: dict) -> dict | None:
     """The caecodec codec configuration of an array's metadata (format 2 or 3), or None for other nodes."""
@@ -156,9 +258,7 @@ def latent_geometry(shape, chunks, channels: int) -> tuple[list[int], list[int]]
 
 
 def _latent_channels(configuration: dict) -> int:
-    from .codec import ConvolutionalAutoencoder
-
-    return ConvolutionalAutoencoder(**{k: v for k, v in configuration.items() if k != "id"}).latent_channels()
+    return _codec(configuration).latent_channels()
 
 
 def _latent_array_v2(metadata: dict, key: str) -> dict:

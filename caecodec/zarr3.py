@@ -15,6 +15,7 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
 from . import zoo
+from .bitstream import ChunkError
 from .codec import ConvolutionalAutoencoder
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class CAECodec(ArrayBytesCodec):
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         decoded = self._core.decode(chunk_bytes.as_numpy_array())
         if decoded.shape != tuple(chunk_spec.shape):
-            raise ValueError(f"chunk decodes to shape {decoded.shape}, the array expects {tuple(chunk_spec.shape)}")
+            raise ChunkError(f"chunk decodes to shape {decoded.shape}, the array expects {tuple(chunk_spec.shape)}")
         return chunk_spec.prototype.nd_buffer.from_numpy_array(decoded)
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer | None:

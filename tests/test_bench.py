@@ -157,7 +157,7 @@ def test_bench_summary_plots_and_published_curves(bench_run):
 def test_visual_page_has_every_panel_next_to_it(bench_run):
     page = (bench_run / "visual" / "index.html").read_text()
     sources = [part.split('"')[0] for part in page.split('src="')[1:]]
-    assert len(sources) == len(VISUAL_IMAGES) * (2 + 2)  # crops of the original, caecodec, JPEG and WebP
+    assert len(sources) == len(VISUAL_IMAGES) * (2 + 2) * 2  # original, caecodec, JPEG, WebP; full and crop
     assert all((bench_run / "visual" / source).is_file() and "/" not in source for source in sources)
 
 
@@ -182,7 +182,7 @@ def test_visual_page_loads_every_image_in_chromium(bench_run):
     with tempfile.TemporaryDirectory() as profile:
         dom = subprocess.run([browser, *BROWSER_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000",
                               "--dump-dom", checked.as_uri()], capture_output=True, text=True, timeout=120).stdout
-    expected = len(VISUAL_IMAGES) * 4
+    expected = len(VISUAL_IMAGES) * 4 * 2
     assert f'data-image-check="{expected}/{expected}"' in dom
     assert (visual / "screenshot.png").stat().st_size > 10_000
 

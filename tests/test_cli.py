@@ -13,6 +13,7 @@ import zarr
 from PIL import Image
 
 from caecodec.evaluation import load_rgb, psnr
+from caecodec.store import read_seamless
 from conftest import SAMPLE, TINY_CHECKPOINT
 
 TINY = ["--weights", str(TINY_CHECKPOINT)]
@@ -83,9 +84,11 @@ def test_to_zarr_and_back_one_array_per_image(image_tree, tmp_path, zarr_format)
     assert group.metadata.zarr_format == zarr_format
     array = group["sub/kodim05"]
     assert array.shape == (160, 240, 3) and array.chunks == (128, 128, 3)
-    ok("from-zarr", store, "-o", tmp_path / "out")
-    np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sub" / "kodim05.png"), array[:])
-    np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sample.png"), group["sample"][:])
+    ok("from-zarr", store, "-o", tmp_path / "out")  # seamless by default: chunks synthesised with their neighbours
+    np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sub" / "kodim05.png"), read_seamless(array))
+    np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sample.png"), read_seamless(group["sample"]))
+    ok("from-zarr", store, "-o", tmp_path / "plain", "--independent-chunks")  # what plain zarr reads
+    np.testing.assert_array_equal(load_rgb(tmp_path / "plain" / "sub" / "kodim05.png"), array[:])
 
 
 def test_stack_holds_images_of_one_size_in_one_array(kodak_dir, tmp_path):
@@ -98,7 +101,8 @@ def test_stack_holds_images_of_one_size_in_one_array(kodak_dir, tmp_path):
     assert array.shape == (3, 128, 192, 3) and array.chunks == (1, 64, 64, 3)
     ok("from-zarr", tmp_path / "s.zarr", "-o", tmp_path / "out", "-f", "tiff")
     for index, name in enumerate(("kodim01", "kodim02", "kodim03")):
-        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tiff"), array[index])
+        np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / f"{name}.tiff"),
+                                      read_seamless(array, index=(index,)))
 
 
 def test_tiled_and_pyramidal_bigtiff_input(kodak_dir, tmp_path):

@@ -187,6 +187,35 @@ def test_escapes_keep_extreme_latents_exact(sample_image):
     np.testing.assert_array_equal(symbols, latent_symbols(codec, chunk))
 
 
+def test_encode_latent_writes_the_chunk_encode_writes(sample_image):
+    """Given the symbols `encode` would compute (a chunk analysed with no context), the bytes are the same."""
+    codec = caecodec.ConvolutionalAutoencoder(quality=8, weights=TINY)
+    chunk = sample_image[:100, :75]  # not multiples of 16: padded, cropped back
+    alone = codec.analyse_in_context(chunk, (0, 0), chunk.shape)
+    assert codec.encode_latent(alone, chunk.shape) == codec.encode(chunk)
+
+
+def test_context_symbols_decode_standalone_bit_for_bit(sample_image):
+    codec = caecodec.ConvolutionalAutoencoder(quality=1)  # real weights: the context changes the symbols
+    region = sample_image[:192, :200]  # a 128 x 120 chunk at (32, 48) with real pixels around it
+    symbols = codec.analyse_in_context(region, (32, 48), (128, 120, 3))
+    alone = codec.analyse_in_context(region[32:160, 48:168], (0, 0), (128, 120, 3))
+    assert symbols.shape == alone.shape == (1, codec.latent_channels(), 8, 8)
+    assert not np.array_equal(symbols, alone)
+    encoded = codec.encode_latent(symbols, (128, 120, 3))
+    header, decoded, _ = codec.decode_symbols(encoded)
+    np.testing.assert_array_equal(decoded, symbols)
+    assert header.shape == (128, 120, 3) and codec.decode(encoded).shape == (128, 120, 3)
+
+
+def test_encode_latent_and_context_refuse_mismatches(sample_image):
+    codec = caecodec.ConvolutionalAutoencoder(quality=8, weights=TINY)
+    with pytest.raises(ValueError, match=r"int32 symbols of shape \(1, 8, 2, 2\); found int32 \(1, 8, 2, 3\)"):
+        codec.encode_latent(np.zeros((1, 8, 2, 3), np.int32), (32, 32, 3))
+    with pytest.raises(ValueError, match=r"multiple of 16 on both axes; found \(8, 0\)"):
+        codec.analyse_in_context(sample_image[:64, :64], (8, 0), (32, 32, 3))
+
+
 def test_partial_decompress_returns_the_latent(sample_image):
     chunk = sample_image[:100, :75]
     codec = caecodec.ConvolutionalAutoencoder(quality=2)
@@ -234,6 +263,20 @@ def test_bad_bytes_raise_errors_naming_the_cause(sample_image):
         codec.decode(caecodec.ConvolutionalAutoencoder(quality=5, weights=TINY).encode(sample_image[:32, :32]))
     with pytest.raises(caecodec.ChunkError, match="bundled weights version"):
         caecodec.ConvolutionalAutoencoder(quality=5, weights=TINY).decode(encoded)
+
+
+def test_chunk_of_another_shape_in_a_format_3_array_names_both_shapes(tmp_path, sample_image):
+    def array(name, chunk):
+        z = zarr.create_array(str(tmp_path / name), shape=(64, 64, 3), chunks=(chunk, chunk, 3), dtype="uint8",
+                              serializer=caecodec.CAECodec(quality=2, weights=TINY), compressors=None)
+        z[:] = sample_image[:64, :64]
+        return z
+
+    array("small.zarr", 16)
+    large = array("large.zarr", 32)
+    shutil.copy(tmp_path / "small.zarr" / "c" / "0" / "0" / "0", tmp_path / "large.zarr" / "c" / "0" / "0" / "0")
+    with pytest.raises(caecodec.ChunkError, match=r"decodes to shape \(16, 16, 3\), the array expects \(32, 32, 3\)"):
+        large[:32, :32]
 
 
 def test_bad_chunks_raise_errors_naming_the_problem():

@@ -1,4 +1,5 @@
-"""Large images and scale-out: streaming zarr/TIFF input through the CLI, Dask on a two-worker LocalCluster."""
+"""Large images and scale-out: streaming zarr/TIFF input through the CLI, Dask on a two-worker LocalCluster,
+seamless chunks (analysis and synthesis halos)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import tifffile
 import zarr
 
 from caecodec.codec import ConvolutionalAutoencoder
-from caecodec.evaluation import psnr
+from caecodec.compression import analyse, dequantize
+from caecodec.evaluation import border_psnr, load_rgb, psnr
+from caecodec.store import open_latents, read_seamless, write_seamless
 from caecodec.tiling import bands, full_tiles, grid
 from caecodec.zarr3 import CAECodec
-from conftest import TINY_CHECKPOINT
+from conftest import SAMPLE, TINY_CHECKPOINT
 from test_cli import TINY, ok
 
 
@@ -43,13 +46,16 @@ def test_zarr_input_streams_to_zarr_and_back_to_tiled_tiff(sample_image, tmp_pat
     image = strip_of(sample_image[:300], 2000)
     source = zarr.create_array(tmp_path / "source.zarr", shape=image.shape, chunks=(100, 500, 3), dtype="uint8")
     source[:] = image
-    ok("to-zarr", tmp_path / "source.zarr", "-o", tmp_path / "coded.zarr", "--chunk", "128", *TINY)
+    ok("to-zarr", tmp_path / "source.zarr", "-o", tmp_path / "coded.zarr", "--chunk", "128", *TINY,
+       "--independent-chunks")
     coded = zarr.open_group(tmp_path / "coded.zarr", mode="r")["source"]
     assert coded.shape == image.shape and coded.chunks == (128, 128, 3)
+    tiny = ConvolutionalAutoencoder(weights=str(TINY_CHECKPOINT))
+    assert raw_chunk(coded, (1, 2, 0)) == tiny.encode(image[128:256, 256:384])  # zarr's own chunk, coded alone
     ok("from-zarr", tmp_path / "coded.zarr", "-o", tmp_path / "out", "-f", "tif")
     with tifffile.TiffFile(tmp_path / "out" / "source.tif") as tiff:
         assert tiff.is_bigtiff and tiff.pages[0].is_tiled
-        np.testing.assert_array_equal(tiff.asarray(), coded[:])
+        np.testing.assert_array_equal(tiff.asarray(), read_seamless(coded))
 
 
 def test_codec_pickles_as_configuration_only(sample_image):
@@ -88,3 +94,94 @@ def test_dask_to_zarr_on_a_two_worker_cluster(sample_image, tmp_path):
     local[:] = image
     from_dask = zarr.open_array(tmp_path / "dask.zarr", mode="r")[:]
     assert abs(psnr(image, from_dask) - psnr(image, local[:])) < 0.05
+
+
+# -- seamless chunks: analysis and synthesis halos -------------------------------------------------------
+def caecodec_array(path, image, chunk: int, zarr_format: int = 3, **codec):
+    """An empty caecodec zarr array for `image`, chunks (chunk, chunk, 3), on disk."""
+    options = dict(shape=image.shape, chunks=(chunk, chunk, 3), dtype="uint8", zarr_format=zarr_format)
+    if zarr_format == 2:
+        return zarr.create_array(path, **options, compressors=ConvolutionalAutoencoder(**codec))
+    return zarr.create_array(path, **options, serializer=CAECodec(**codec), compressors=None)
+
+
+def raw_chunk(array, block) -> bytes:
+    return (array.store_path / array.metadata.encode_chunk_key(block)).get_sync().to_bytes()
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_context_written_chunks_decode_standalone_to_the_one_piece_symbols(sample_image, tmp_path, zarr_format):
+    image = sample_image[:, :500]  # 384 x 500: the last chunk column holds 116 pixels, not a multiple of 16
+    array = caecodec_array(tmp_path / "a.zarr", image, 128, zarr_format, quality=1)
+    write_seamless(array, lambda rows: image[rows])
+
+    codec = ConvolutionalAutoencoder(quality=1)
+    loaded = codec._model()
+    one_piece = analyse(loaded.model, image[None], loaded.tables)  # padded to 512 columns, as the edge chunks are
+    for row, column in np.ndindex(3, 4):
+        header, symbols, _ = codec.decode_symbols(raw_chunk(array, (row, column, 0)))
+        assert header.shape == (128, 128, 3)  # zarr's full chunk shape, cropped back by zarr as for its own chunks
+        np.testing.assert_array_equal(symbols, one_piece[..., 8 * row : 8 * row + 8, 8 * column : 8 * column + 8])
+    reopened = zarr.open_array(tmp_path / "a.zarr", mode="r")  # plain zarr reads every chunk on its own
+    assert reopened[:].shape == image.shape and psnr(image, reopened[:]) > 15
+    latents = open_latents(tmp_path / "a.zarr")[:]
+    np.testing.assert_array_equal(latents, dequantize(one_piece, loaded.tables)[0].transpose(1, 2, 0))
+
+
+def test_seamless_read_hides_the_borders_that_a_plain_read_shows(sample_image, tmp_path):
+    chunk = 128
+    plain = caecodec_array(tmp_path / "plain.zarr", sample_image, chunk, quality=1)
+    plain[:] = sample_image  # zarr's own writes: every chunk analysed alone
+    seamless = caecodec_array(tmp_path / "seamless.zarr", sample_image, chunk, quality=1)
+    write_seamless(seamless, lambda rows: sample_image[rows])
+
+    plain_pixels, seamless_pixels = plain[:], read_seamless(seamless)
+    assert seamless_pixels.shape == plain_pixels.shape == sample_image.shape
+
+    def border_gap(decoded):
+        near, interior = border_psnr(sample_image, decoded, chunk)
+        return interior - near
+
+    assert border_gap(seamless_pixels) < border_gap(plain_pixels) / 3, (border_gap(seamless_pixels),
+                                                                       border_gap(plain_pixels))
+    codec = ConvolutionalAutoencoder(quality=1)
+    one_piece = codec.decode(codec.encode(sample_image))  # the halos cover both transforms' reach
+    assert np.abs(seamless_pixels.astype(int) - one_piece).max() <= 1
+    region = read_seamless(seamless, slice(100, 300), slice(50, 420))
+    assert np.abs(region.astype(int) - seamless_pixels[100:300, 50:420]).max() <= 1
+
+
+def test_seamless_writes_and_reads_hold_one_band_not_the_image(sample_image, tmp_path):
+    import tracemalloc
+
+    image = strip_of(sample_image[:256], 4096)  # 3 MB; a band of 64 rows is 0.8 MB
+    array = caecodec_array(tmp_path / "strip.zarr", image, 64, weights=str(TINY_CHECKPOINT))
+    array[:1, :1] = image[:1, :1]  # load the model and open the store before measuring
+    peaks = {}
+    tracemalloc.start()
+    try:
+        write_seamless(array, lambda rows: image[rows])
+        peaks["write"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        for rows in bands(image.shape[0], 64):
+            read_seamless(array, rows)
+        peaks["read"] = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert all(peak < image.nbytes / 2 for peak in peaks.values()), (peaks, image.nbytes)
+
+
+def test_cae_files_are_seamless_by_default_and_tiles_still_decode_alone(tmp_path):
+    tiny = ConvolutionalAutoencoder(weights=str(TINY_CHECKPOINT))
+    image = load_rgb(SAMPLE)
+    ok("compress", SAMPLE, "-o", tmp_path / "s.cae", *TINY, "--tile", "128")
+    ok("decompress", tmp_path / "s.cae", "-o", tmp_path / "seamless.png", *TINY)
+    ok("decompress", tmp_path / "s.cae", "-o", tmp_path / "alone.png", *TINY, "--independent-chunks")
+    seamless, alone = load_rgb(tmp_path / "seamless.png"), load_rgb(tmp_path / "alone.png")
+    assert seamless.shape == alone.shape == image.shape and not np.array_equal(seamless, alone)
+    assert np.abs(seamless.astype(int) - tiny.decode(tiny.encode(image))).max() <= 1  # as if coded in one piece
+    ok("compress", SAMPLE, "-o", tmp_path / "i.cae", *TINY, "--tile", "128", "--independent-chunks")
+    ok("decompress", tmp_path / "i.cae", "-o", tmp_path / "independent.png", *TINY, "--independent-chunks")
+    tiles = [tiny.decode(tiny.encode(image[rows, cols])) for rows, cols in grid(*image.shape[:2], 128)]
+    rebuilt = np.concatenate([np.concatenate(tiles[r * 4 : r * 4 + 4], axis=1) for r in range(3)])
+    np.testing.assert_array_equal(load_rgb(tmp_path / "independent.png"), rebuilt)

@@ -26,6 +26,14 @@ def add_quiet_argument(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def add_independent_chunks_argument(parser, direction: str) -> None:
+    help_text = {"write": "analyse every chunk alone, as zarr itself does (default: with the real pixels "
+                          "around it, for seamless reads; the chunks decode standalone either way)",
+                 "read": "synthesise every chunk alone, as zarr itself does (default: with the latents of its "
+                         "neighbours, so chunk borders do not show)"}[direction]
+    parser.add_argument("--independent-chunks", action="store_true", help=help_text)
+
+
 def codec_from(args):
     from ..codec import ConvolutionalAutoencoder
 
@@ -65,19 +73,21 @@ class Compress:
         add_codec_arguments(parser)
         parser.add_argument("--tile", type=int, default=None,
                             help="tile edge in pixels, a multiple of 16 (default 1024)")
+        add_independent_chunks_argument(parser, "write")
         add_quiet_argument(parser)
 
     @staticmethod
     def run(args) -> int:
         from .. import container
         from ..images import find_images, open_image
-        from ..tiling import progress
+        from ..tiling import ANALYSIS_HALO, progress
 
         tile = args.tile or container.DEFAULT_TILE
         if tile < 16 or tile % 16:
             raise UsageError(f"--tile must be a positive multiple of 16, found {tile}")
         pairs = output_paths(find_images(args.inputs), args.output, lambda rel: rel.with_name(rel.name + ".cae"))
         codec = codec_from(args)
+        halo = None if args.independent_chunks else ANALYSIS_HALO
         bar = progress("compress", args.quiet)
 
         def compress(pair):
@@ -86,7 +96,8 @@ class Compress:
             info = container.FileInfo(source.name, source.stat().st_size, raster.mode, raster.height,
                                       raster.width, tile)
             target.parent.mkdir(parents=True, exist_ok=True)
-            container.write(target, info, raster.region, codec, on_band=lambda band: bar.update(band[..., 0].size / 1e6))
+            container.write(target, info, raster.region, codec, on_band=lambda pixels: bar.update(pixels / 1e6),
+                            halo=halo)
 
         with bar:
             for_each_file(compress, pairs)
@@ -127,26 +138,28 @@ class Decompress:
         parser.add_argument("-o", "--output", required=True, type=Path, help="output image file or folder")
         parser.add_argument("-f", "--format", default="png", help="png (default), tiff, jpeg, webp, bmp, ...")
         add_weights_argument(parser)
+        add_independent_chunks_argument(parser, "read")
         add_quiet_argument(parser)
 
     @staticmethod
     def run(args) -> int:
-        from ..tiling import progress
+        from ..tiling import SYNTHESIS_HALO, progress
 
         image_format = args.format.lower().lstrip(".")
         pairs = output_paths(find_containers(args.inputs), args.output, lambda rel: restored_name(rel, image_format))
+        halo = None if args.independent_chunks else SYNTHESIS_HALO
         bar = progress("decompress", args.quiet)
         with bar:
-            for_each_file(lambda pair: decompress_file(*pair, args.weights, bar), pairs)
+            for_each_file(lambda pair: decompress_file(*pair, args.weights, bar, halo), pairs)
         return 0
 
 
-def decompress_file(source: Path, target: Path, weights: str, bar) -> None:
+def decompress_file(source: Path, target: Path, weights: str, bar, halo: int | None) -> None:
     from .. import container
     from ..images import TIFF_SUFFIXES, check_whole_image_size, write_image, write_tiff_tiles
     from ..tiling import full_tiles
 
-    info, band_iterator = container.decoded_bands(source, codec_for_file(source, weights))
+    info, band_iterator = container.decoded_bands(source, codec_for_file(source, weights), halo)
 
     def counted(band):
         bar.update(band[..., 0].size / 1e6)

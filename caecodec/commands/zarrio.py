@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import UsageError
-from .files import add_codec_arguments, add_quiet_argument, codec_from, restored_name
+from .files import add_codec_arguments, add_independent_chunks_argument, add_quiet_argument, codec_from, restored_name
 
 ATTRIBUTE = "caecodec"  # array attribute: {"sources": [input path relative to its folder, ...], "modes": [...]}
 STACK_NAME = "images"
@@ -63,6 +63,7 @@ class ToZarr:
         parser.add_argument("-c", "--chunk", type=int, default=256, help="chunk edge in pixels (default 256)")
         parser.add_argument("--zarr-format", type=int, default=3, choices=(2, 3))
         add_codec_arguments(parser)
+        add_independent_chunks_argument(parser, "write")
         add_quiet_argument(parser)
 
     @staticmethod
@@ -95,21 +96,12 @@ def create_image_array(group, name: str, shape: tuple, chunks: tuple, args, sour
 
 
 def write_one(group, raster, relative: Path, args, bar) -> None:
-    from ..tiling import copy_in_bands
-
     array = create_image_array(group, relative.with_suffix("").as_posix(), (raster.height, raster.width, 3),
                                (args.chunk, args.chunk, 3), args, [relative.as_posix()], [raster.mode])
-
-    def write(rows, pixels):
-        array[rows] = pixels
-        bar.update(pixels[..., 0].size / 1e6)
-
-    copy_in_bands(raster.region, write, raster.height, args.chunk)
+    write_into(array, (), raster, args, bar)
 
 
 def write_stack(group, rasters: list, args, bar) -> None:
-    from ..tiling import copy_in_bands
-
     first = rasters[0][0]
     for raster, relative in rasters:
         if (raster.height, raster.width) != (first.height, first.width):
@@ -119,11 +111,24 @@ def write_stack(group, rasters: list, args, bar) -> None:
                                (1, args.chunk, args.chunk, 3), args, [r.as_posix() for _, r in rasters],
                                [raster.mode for raster, _ in rasters])
     for index, (raster, _) in enumerate(rasters):
-        def write(rows, pixels, index=index):
-            array[index, rows] = pixels
-            bar.update(pixels[..., 0].size / 1e6)
+        write_into(array, (index,), raster, args, bar)
 
-        copy_in_bands(raster.region, write, raster.height, args.chunk)
+
+def write_into(array, index: tuple, raster, args, bar) -> None:
+    """One image into array[*index], one band of chunk rows at a time: each chunk analysed with its neighbours
+    (caecodec.store.write_seamless), or with --independent-chunks by zarr alone."""
+    from ..store import write_seamless
+    from ..tiling import copy_in_bands
+
+    if not args.independent_chunks:
+        write_seamless(array, raster.region, index, on_band=lambda pixels: bar.update(pixels / 1e6))
+        return
+
+    def write(rows, pixels):
+        array[(*index, rows)] = pixels
+        bar.update(pixels[..., 0].size / 1e6)
+
+    copy_in_bands(raster.region, write, raster.height, args.chunk)
 
 
 class FromZarr:
@@ -139,6 +144,7 @@ class FromZarr:
                                                                       "uint8 RGB arrays)")
         parser.add_argument("-o", "--output", required=True, type=Path, help="output folder")
         parser.add_argument("-f", "--format", default="png", help="png (default), tiff, jpeg, webp, ...")
+        add_independent_chunks_argument(parser, "read")
         add_quiet_argument(parser)
 
     @staticmethod
@@ -153,7 +159,8 @@ class FromZarr:
             raise UsageError(f"output {args.output} is a file; expected a folder")
         with progress("from-zarr", args.quiet, sum(a.shape[-3] * a.shape[-2] for a, *_ in images) / 1e6) as bar:
             for array, index, name, mode in images:
-                export(array, index, args.output / restored_name(Path(name), image_format), mode, bar)
+                export(array, index, args.output / restored_name(Path(name), image_format), mode, bar,
+                       seamless=not args.independent_chunks)
         return 0
 
 
@@ -175,14 +182,16 @@ def stored_images(node, path: Path):
             yield array, (None if array.ndim == 3 else index), sources[index], modes[index]
 
 
-def export(array, index, target: Path, mode: str, bar) -> None:
+def export(array, index, target: Path, mode: str, bar, seamless: bool = True) -> None:
     from ..images import TIFF_SUFFIXES, check_whole_image_size, write_image, write_tiff_tiles
+    from ..store import read_seamless
     from ..tiling import full_tiles
 
     height, width = array.shape[-3:-1]
+    leading = () if index is None else (index,)
 
     def read(rows):
-        pixels = array[rows] if index is None else array[index, rows]
+        pixels = read_seamless(array, rows, index=leading) if seamless else array[(*leading, rows)]
         bar.update(pixels[..., 0].size / 1e6)
         return pixels
 
