@@ -84,6 +84,7 @@ def test_to_zarr_and_back_one_array_per_image(image_tree, tmp_path, zarr_format)
     assert group.metadata.zarr_format == zarr_format
     array = group["sub/kodim05"]
     assert array.shape == (160, 240, 3) and array.chunks == (128, 128, 3)
+    assert "read_seamless" in array.attrs["caecodec"]["chunks_coded"]  # tells plain zarr readers
     ok("from-zarr", store, "-o", tmp_path / "out")  # seamless by default: chunks synthesised with their neighbours
     np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sub" / "kodim05.png"), read_seamless(array))
     np.testing.assert_array_equal(load_rgb(tmp_path / "out" / "sample.png"), read_seamless(group["sample"]))

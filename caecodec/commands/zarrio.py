@@ -91,7 +91,11 @@ def create_image_array(group, name: str, shape: tuple, chunks: tuple, args, sour
         group = group.require_group(parent)
     array = group.create_array(leaf, shape=shape, chunks=chunks, dtype="uint8", overwrite=True,
                                **codec_arguments(args))
-    array.attrs[ATTRIBUTE] = {"sources": sources, "modes": modes}
+    # readers that open the store with zarr alone should know how its chunks were coded
+    coded = ("independently" if args.independent_chunks else
+             "with the neighbouring pixels (analysis halo): read with caecodec.read_seamless or "
+             "`caecodec from-zarr` for seamless borders")
+    array.attrs[ATTRIBUTE] = {"sources": sources, "modes": modes, "chunks_coded": coded}
     return array
 
 
