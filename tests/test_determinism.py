@@ -36,6 +36,15 @@ def test_tiny_checkpoint_fixtures_are_committed():
     assert "tiny" in names and len(FIXTURE_CONFIGS) >= 2
 
 
+def test_every_bundled_weights_version_has_committed_fixtures():
+    from caecodec import weights
+
+    versions = weights.bundled_versions()
+    assert versions, "the package bundles no weights"
+    missing = [v for v in versions if not list((FIXTURES / f"v{v}").glob("*.json"))]
+    assert not missing, f"write fixtures for bundled weights {missing}: python3 tests/fixtures/make_fixtures.py bundled"
+
+
 @pytest.mark.parametrize("config_path", FIXTURE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reference_chunk_still_decodes_and_reencodes_to_the_same_bytes(config_path):
     stem = config_path.parent / config_path.stem

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from caecodec import weights
+from caecodec.training import load_checkpoint_model
 from caecodec.models import VariableRateFactorizedPrior
 
 TINY = ["--n", "8", "--m", "8", "--batch", "2", "--threads", "1", "--quiet", "--kodak-dir", ""]
@@ -56,6 +58,10 @@ def test_export_and_plot(tmp_path, photos):
     bundle = tmp_path / "bundle"
     out = caecodec("train", "--run-dir", run, "--export", 7, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
     assert "version 7" in out
+    card = json.loads((bundle / "manifest.json").read_text())["versions"]["7"]
+    trained, _ = load_checkpoint_model(run)
+    trained_aux = sum(float(trained.aux_loss(level).detach()) for level in range(16))
+    assert card["aux_loss_after_quantile_fit"] < 0.9 * trained_aux  # the tables' ranges fitted at export
     from safetensors.torch import load_file
 
     tensors = load_file(bundle / "v7.safetensors")
