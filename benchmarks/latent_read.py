@@ -89,7 +89,7 @@ pixels through plain `zarr.open_array` (entropy decoding and the synthesis trans
 
 Writing (encoding) took {r['encode_seconds']:.1f} s. Environment: Python {env['python']}, torch {env['torch']},
 zarr {env['zarr']}, {env['torch_threads']} torch threads on {env['cpus']} CPUs (load average {env['load_average']:.1f}
-at the end: the machine was shared with a training job), weights {env['weights']}.
+at the end: other jobs shared the machine), weights {env['weights']}.
 """
 
 
