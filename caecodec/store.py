@@ -187,7 +187,7 @@ def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), i
     if stored is None:  # never written: zarr's fill value, which has no latent
         return np.asarray(array[plain])
     # the weights the region's first chunk names; an array written by one caecodec has one set
-    _, _, loaded = _codec(caecodec_configuration(array.metadata.to_dict())).decode_symbols(stored.to_bytes())
+    loaded = _codec(caecodec_configuration(array.metadata.to_dict())).model_for_chunk(stored.to_bytes())
     latents = open_latents(array.store, path=array.path)
     need_rows = latent_span(rows, halo, slice(0, latents.shape[-3]))
     need_cols = latent_span(cols, halo, slice(0, latents.shape[-2]))
