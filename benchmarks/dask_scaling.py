@@ -35,6 +35,7 @@ def warm(quality: int, metric: str) -> int:
 
 def write(client, image: np.ndarray, path: Path, quality: int, chunk: int) -> float:
     """Seconds to write the image from a dask array into a zarr 3 array with the caecodec serializer."""
+    import dask
     import dask.array as da
     import zarr
 
@@ -45,7 +46,8 @@ def write(client, image: np.ndarray, path: Path, quality: int, chunk: int) -> fl
     target = zarr.create_array(path, shape=image.shape, chunks=(chunk, chunk, 3), dtype="uint8",
                                serializer=CAECodec(quality), compressors=None, overwrite=True)
     start = time.perf_counter()
-    da.to_zarr(source, target)
+    with dask.config.set({"array.chunk-size": f"{chunk * chunk * 3}B"}):  # see the note in docs/large-images.md
+        da.to_zarr(source, target)
     return time.perf_counter() - start
 
 
