@@ -44,19 +44,20 @@ def analyse_in_context(model: FactorizedPrior, region: np.ndarray, tables: CdfTa
     (uint8 (h, w, 3): the chunk and the real pixels around it), analysed together with its neighbours.
 
     The offsets are multiples of 16, so the region's latent grid is the chunk's, shifted by whole latent
-    pixels. The region is padded (replicate, as `to_tensor` does) to cover the chunk's whole latent extent:
-    where the chunk reaches past the image, its latent sees the image's last row/column continued.
+    pixels. A region shorter than the chunk's latent extent ends at the image's edge: it is analysed as the
+    whole image would be there (padded to a multiple of 16 by `to_tensor`), and the chunk's latent pixels
+    past the image (zarr's edge chunks have the full chunk shape) get symbol 0, the median: they cost next to
+    nothing, and a seamless read, which stops at the image's latent edge, never synthesises them.
     """
     top, left = offset
     if top % DOWNSAMPLING or left % DOWNSAMPLING:
         raise ValueError(f"the chunk's offset in its region must be a multiple of {DOWNSAMPLING} on both axes; "
                          f"found {offset}")
-    rows, cols = top + DOWNSAMPLING * latent_shape[0], left + DOWNSAMPLING * latent_shape[1]
-    covering = np.pad(region, ((0, max(0, rows - region.shape[0])), (0, max(0, cols - region.shape[1])), (0, 0)),
-                      mode="edge")
-    symbols = analyse(model, covering[None], tables, device)
     first_row, first_col = top // DOWNSAMPLING, left // DOWNSAMPLING
-    return symbols[..., first_row : first_row + latent_shape[0], first_col : first_col + latent_shape[1]]
+    symbols = analyse(model, region[None], tables, device)
+    symbols = symbols[..., first_row : first_row + latent_shape[0], first_col : first_col + latent_shape[1]]
+    missing_rows, missing_cols = latent_shape[0] - symbols.shape[-2], latent_shape[1] - symbols.shape[-1]
+    return np.pad(symbols, ((0, 0), (0, 0), (0, missing_rows), (0, missing_cols)))
 
 
 def dequantize(symbols: np.ndarray, tables: CdfTables) -> np.ndarray:

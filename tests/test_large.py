@@ -111,23 +111,30 @@ def raw_chunk(array, block) -> bytes:
     return (array.store_path / array.metadata.encode_chunk_key(block)).get_sync().to_bytes()
 
 
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_context_written_chunks_decode_standalone_to_the_one_piece_symbols(sample_image, tmp_path, zarr_format):
-    image = sample_image[:, :500]  # 384 x 500: the last chunk column holds 116 pixels, not a multiple of 16
+@pytest.mark.parametrize("zarr_format, width", [(2, 500), (3, 500), (3, 440)])
+def test_context_written_chunks_decode_standalone_to_the_one_piece_symbols(sample_image, tmp_path, zarr_format,
+                                                                           width):
+    # 384 x 500: the last chunk column holds 116 pixels, not a multiple of 16; 384 x 440: it holds 56, so
+    # its 8 latent columns reach 4 past the image's own latent
+    image = sample_image[:, :width]
     array = caecodec_array(tmp_path / "a.zarr", image, 128, zarr_format, quality=1)
     write_seamless(array, lambda rows: image[rows])
 
     codec = ConvolutionalAutoencoder(quality=1)
     loaded = codec._model()
-    one_piece = analyse(loaded.model, image[None], loaded.tables)  # padded to 512 columns, as the edge chunks are
+    one_piece = analyse(loaded.model, image[None], loaded.tables)  # padded to a multiple of 16, as at the edge
     for row, column in np.ndindex(3, 4):
         header, symbols, _ = codec.decode_symbols(raw_chunk(array, (row, column, 0)))
         assert header.shape == (128, 128, 3)  # zarr's full chunk shape, cropped back by zarr as for its own chunks
-        np.testing.assert_array_equal(symbols, one_piece[..., 8 * row : 8 * row + 8, 8 * column : 8 * column + 8])
+        inside = one_piece[..., 8 * row : 8 * row + 8, 8 * column : 8 * column + 8]
+        np.testing.assert_array_equal(symbols[..., : inside.shape[-1]], inside)
+        assert not symbols[..., inside.shape[-1] :].any()  # past the image: the median, symbol 0
     reopened = zarr.open_array(tmp_path / "a.zarr", mode="r")  # plain zarr reads every chunk on its own
     assert reopened[:].shape == image.shape and psnr(image, reopened[:]) > 15
     latents = open_latents(tmp_path / "a.zarr")[:]
     np.testing.assert_array_equal(latents, dequantize(one_piece, loaded.tables)[0].transpose(1, 2, 0))
+    one_piece_pixels = codec.decode(codec.encode(image))
+    assert np.abs(read_seamless(array).astype(int) - one_piece_pixels).max() <= 1
 
 
 def test_seamless_read_hides_the_borders_that_a_plain_read_shows(sample_image, tmp_path):
