@@ -104,49 +104,73 @@ def coded_array(path: Path, photo: np.ndarray, args, halo: int | None):
     return array
 
 
+SEAM_VARIANTS = ("whole_image", "independent_chunks", "chunks_joint_synthesis", "analysis_halo_only",
+                 "synthesis_halo_only", "analysis_and_synthesis_halo")
+
+
+def seam_variants(photo: np.ndarray, folder: Path, loaded, args) -> dict:
+    """How each way of coding decodes the photo, computed lazily (only the variants asked for run)."""
+    from caecodec import open_latents, read_seamless
+    from caecodec.compression import analyse, synthesise, synthesise_latent
+
+    height, width = photo.shape[:2]
+    arrays = {}
+
+    def array(halo):
+        if halo not in arrays:
+            arrays[halo] = coded_array(folder / f"{halo}.zarr", photo, args, halo)
+        return arrays[halo]
+
+    def joint_synthesis():
+        stitched = np.moveaxis(open_latents(array(None).store)[:], -1, 0)[None]
+        return synthesise_latent(loaded.model, stitched, slice(0, height), slice(0, width))[0]
+
+    return {
+        "whole_image": lambda: synthesise(loaded.model, analyse(loaded.model, photo[None], loaded.tables),
+                                          loaded.tables, height, width)[0],
+        "independent_chunks": lambda: array(None)[:],
+        "chunks_joint_synthesis": joint_synthesis,
+        "analysis_halo_only": lambda: array(args.analysis_halo)[:],
+        "synthesis_halo_only": lambda: read_seamless(array(None), halo=args.synthesis_halo),
+        "analysis_and_synthesis_halo": lambda: read_seamless(array(args.analysis_halo), halo=args.synthesis_halo),
+    }, arrays
+
+
 def seams(args) -> dict:
     """Seam vs interior PSNR on Kodak photos for the ways of coding them: the whole image at once (control:
     what content alone does), independent chunks (what zarr stores and reads by itself), independent chunks
     whose whole latents are stitched and synthesised at once, and the streaming paths of caecodec.store:
     chunks analysed with an analysis halo (write_seamless), regions read with a synthesis halo (read_seamless),
-    and both. Every chunked variant goes through a real zarr store."""
-    from caecodec import open_latents, read_seamless
-    from caecodec.compression import analyse, synthesise, synthesise_latent
+    and both. Every chunked variant goes through a real zarr store.
+
+    With --offsets the chunk grid is moved over the content: each photo is also coded without its first
+    `offset` rows and columns, so the borders fall on other lines of the scene; the mean over offsets is
+    free of what a fixed set of border lines happens to contain."""
     from caecodec.evaluation import border_psnr
     from caecodec.weights import load
 
-    if args.chunk % 16:
-        raise SystemExit(f"--chunk must be a multiple of 16, found {args.chunk}")
+    if args.chunk % 16 or any(offset % 16 for offset in args.offsets):
+        raise SystemExit(f"--chunk and --offsets must be multiples of 16, found {args.chunk} and {args.offsets}")
     loaded = load(args.quality, "mse")
     totals, rates = {}, {}
     names = [f"kodim{i:02d}" for i in range(1, args.images + 1)]
-    with tempfile.TemporaryDirectory(dir="/tmp") as folder:
-        for number, photo in enumerate(kodak_photos()[: args.images]):
-            height, width = photo.shape[:2]
-            independent = coded_array(Path(folder) / f"{number}-independent.zarr", photo, args, None)
-            in_context = coded_array(Path(folder) / f"{number}-context.zarr", photo, args, args.analysis_halo)
-            stitched = np.moveaxis(open_latents(independent.store)[:], -1, 0)[None]
-            variants = {
-                "whole_image": synthesise(loaded.model, analyse(loaded.model, photo[None], loaded.tables),
-                                          loaded.tables, height, width)[0],
-                "independent_chunks": independent[:],
-                "chunks_joint_synthesis": synthesise_latent(loaded.model, stitched, slice(0, height),
-                                                            slice(0, width))[0],
-                "analysis_halo_only": in_context[:],
-                "synthesis_halo_only": read_seamless(independent, halo=args.synthesis_halo),
-                "analysis_and_synthesis_halo": read_seamless(in_context, halo=args.synthesis_halo),
-            }
-            for label, decoded in variants.items():
-                totals.setdefault(label, []).append(border_psnr(photo, decoded, args.chunk))
-            for label, array in (("independent_chunks", independent), ("analysis_halo", in_context)):
-                rates.setdefault(label, []).append(8 * array.nbytes_stored() / (height * width))
+    for photo in kodak_photos()[: args.images]:
+        for offset in args.offsets:
+            cropped = np.ascontiguousarray(photo[offset:, offset:])
+            with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+                variants, arrays = seam_variants(cropped, Path(folder), loaded, args)
+                for label in args.variants:
+                    totals.setdefault(label, []).append(border_psnr(cropped, variants[label](), args.chunk))
+                for halo, array in arrays.items():
+                    label = "independent_chunks" if halo is None else "analysis_halo"
+                    rates.setdefault(label, []).append(8 * array.nbytes_stored() / cropped[..., 0].size)
     results = {label: {"near_borders_db": round(float(np.mean([n for n, _ in values])), 2),
                        "interior_db": round(float(np.mean([i for _, i in values])), 2),
                        "difference_db": round(float(np.mean([i - n for n, i in values])), 2)}
                for label, values in totals.items()}
     return {"kind": "seams", "images": f"{', '.join(names)} (768x512, mean over images)", "quality": args.quality,
-            "chunk": args.chunk, "band_px": 8, "analysis_halo_px": args.analysis_halo,
-            "synthesis_halo_latent_px": args.synthesis_halo,
+            "chunk": args.chunk, "grid_offsets_px": args.offsets, "band_px": 8,
+            "analysis_halo_px": args.analysis_halo, "synthesis_halo_latent_px": args.synthesis_halo,
             "bpp": {label: round(float(np.mean(values)), 4) for label, values in rates.items()}, **results}
 
 
@@ -158,6 +182,10 @@ def main() -> None:
     parser.add_argument("-q", "--quality", type=int, default=1)
     parser.add_argument("--chunk", type=int, default=256)
     parser.add_argument("--images", type=int, default=6, help="seams: how many Kodak photos")
+    parser.add_argument("--offsets", type=int, nargs="+", default=[0],
+                        help="seams: move the chunk grid by these pixels (both axes) and average (default 0)")
+    parser.add_argument("--variants", nargs="+", choices=SEAM_VARIANTS, default=list(SEAM_VARIANTS),
+                        help="seams: which ways of coding to measure (default all)")
     parser.add_argument("--analysis-halo", type=int, default=ANALYSIS_HALO,
                         help=f"seams: pixels of neighbours analysed with each chunk (default {ANALYSIS_HALO})")
     parser.add_argument("--synthesis-halo", type=int, default=SYNTHESIS_HALO,
