@@ -13,6 +13,15 @@ from . import bitstream, zoo
 from .bitstream import ChunkError, Header
 
 
+def check_weights_version(version, weights: str) -> None:
+    if version is None:
+        return
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"weights_version must be a bundled weights version (an integer from 1), found {version!r}")
+    if weights != "bundled":
+        raise ValueError(f"weights_version pins a version of the bundled weights; found weights={weights!r}")
+
+
 def check_chunk(chunk) -> np.ndarray:
     """The chunk as a uint8 array (..., H, W, 3), or a ValueError naming what is wrong with it."""
     array = np.asarray(chunk)
@@ -34,16 +43,21 @@ class ConvolutionalAutoencoder(Codec):
     "mse" or "ms-ssim"; gpu: run the transforms on CUDA when present (else the CPU, silently);
     weights: "bundled" (the package's own), "compressai" (CompressAI's published files, downloaded
     once) or the path of a CompressAI FactorizedPrior checkpoint; partial_decompress: decode to the
-    float32 latent (..., ceil(H/16), ceil(W/16), M) instead of pixels, skipping the synthesis transform.
+    float32 latent (..., ceil(H/16), ceil(W/16), M) instead of pixels, skipping the synthesis transform;
+    weights_version: the bundled weights version to write with (default: the newest installed). Pin it to
+    keep an array written over time in one latent space: chunks of other versions still decode (each chunk
+    names its version), but their latents are not comparable.
     """
 
     codec_id = "caecodec.cae"
 
     def __init__(self, quality: int = 8, metric: str = "mse", gpu: bool = True, weights: str = "bundled",
-                 partial_decompress: bool = False):
+                 partial_decompress: bool = False, weights_version: int | None = None):
         zoo.check_configuration(quality, metric)
         if not isinstance(weights, str):
             weights = str(weights)
+        check_weights_version(weights_version, weights)
+        self.weights_version = weights_version
         self.quality = quality
         self.metric = metric
         self.gpu = bool(gpu)
@@ -57,6 +71,8 @@ class ConvolutionalAutoencoder(Codec):
             config["weights"] = self.weights
         if self.partial_decompress:
             config["partial_decompress"] = True
+        if self.weights_version is not None:
+            config["weights_version"] = self.weights_version
         return config
 
     def __repr__(self) -> str:
@@ -67,12 +83,16 @@ class ConvolutionalAutoencoder(Codec):
             parts.append(f"weights={_bundled_description()!r}")
         if self.partial_decompress:
             parts.append("partial_decompress=True")
+        if self.weights_version is not None:
+            parts.append(f"weights_version={self.weights_version}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- models --------------------------------------------------------------------------------
     def _model(self, version: int | None = None):
+        """The model of bundled weights `version`; by default the one this codec writes with."""
         from .weights import load, resolve_device
 
+        version = self.weights_version if version is None else version
         return load(self.quality, self.metric, self.weights, version, resolve_device(self.gpu))
 
     def latent_channels(self) -> int:

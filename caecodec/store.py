@@ -181,19 +181,40 @@ def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), i
     plain = (*index, rows, cols)
     if rows.start == rows.stop or cols.start == cols.stop or not _seamless_readable(array):
         return np.asarray(array[plain])
-    first_block = tuple(at // size for at, size in zip((*index, rows.start, cols.start, 0), array.chunks))
-    first_chunk = _chunk_path(array, first_block)
-    stored = first_chunk.get_sync(prototype=default_buffer_prototype())
-    if stored is None:  # never written: zarr's fill value, which has no latent
-        return np.asarray(array[plain])
-    # the weights the region's first chunk names; an array written by one caecodec has one set
-    loaded = _codec(caecodec_configuration(array.metadata.to_dict())).model_for_chunk(stored.to_bytes())
     latents = open_latents(array.store, path=array.path)
     need_rows = latent_span(rows, halo, slice(0, latents.shape[-3]))
     need_cols = latent_span(cols, halo, slice(0, latents.shape[-2]))
+    stored = _region_chunks(array, index, need_rows, need_cols)
+    if not _one_latent_space(stored):
+        return np.asarray(array[plain])
+    loaded = _codec(caecodec_configuration(array.metadata.to_dict())).model_for_chunk(stored[0])
     latent = np.moveaxis(np.asarray(latents[(*index, need_rows, need_cols)]), -1, 0)[None]
     window = LatentWindow(latent, need_rows.start, need_cols.start)
     return synthesise_in_tiles(window, rows, cols, synthesis_with(loaded), halo)
+
+
+def _region_chunks(array, index: tuple[int, ...], latent_rows: slice, latent_cols: slice) -> list[bytes | None]:
+    """The stored bytes (None: never written) of the chunks under latent rows x cols of image `index`."""
+    per_chunk = [latent_size(size) for size in array.chunks[-3:-1]]
+    blocks = [range(span.start // size, -(-span.stop // size)) for span, size in zip((latent_rows, latent_cols),
+                                                                                      per_chunk)]
+    first = tuple(at // size for at, size in zip(index, array.chunks))
+    chunks = [_chunk_path(array, (*first, row, col, 0)).get_sync(prototype=default_buffer_prototype())
+              for row in blocks[0] for col in blocks[1]]
+    return [None if chunk is None else chunk.to_bytes() for chunk in chunks]
+
+
+def _one_latent_space(stored: list[bytes | None]) -> bool:
+    """Whether one synthesis can decode the latents of these chunks together: all written (a chunk never
+    written reads as zarr's fill value, which has no latent) and by the same weights (an array written over
+    time may hold chunks of several weights versions, whose latents are not interchangeable). Otherwise the
+    region is read plainly: every chunk decodes with its own weights, and only its seams show."""
+    from .bitstream import unpack
+
+    if any(chunk is None for chunk in stored):
+        return False
+    headers = [unpack(chunk)[0] for chunk in stored]
+    return len({(header.weights_version, header.weights_digest) for header in headers}) == 1
 
 
 def _seamless_readable(array) -> bool:

@@ -36,11 +36,13 @@ class CAECodec(ArrayBytesCodec):
     gpu: bool = True
     weights: str = "bundled"
     partial_decompress: bool = False
+    weights_version: int | None = None
     _core: ConvolutionalAutoencoder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zoo.check_configuration(self.quality, self.metric)
-        core = ConvolutionalAutoencoder(self.quality, self.metric, self.gpu, self.weights, self.partial_decompress)
+        core = ConvolutionalAutoencoder(self.quality, self.metric, self.gpu, self.weights, self.partial_decompress,
+                                        self.weights_version)
         object.__setattr__(self, "_core", core)
 
     @classmethod
@@ -54,6 +56,8 @@ class CAECodec(ArrayBytesCodec):
             configuration["weights"] = self.weights
         if self.partial_decompress:
             configuration["partial_decompress"] = True
+        if self.weights_version is not None:
+            configuration["weights_version"] = self.weights_version
         return {"name": CODEC_NAME, "configuration": configuration}
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:

@@ -120,6 +120,9 @@ def test_tiled_and_pyramidal_bigtiff_input(kodak_dir, tmp_path):
         assert group[name].shape == image.shape  # the full-resolution level
         assert psnr(image, group[name][:]) > 18
     np.testing.assert_array_equal(group["tiled"][:], group["pyramid"][:])
+    from caecodec.weights import latest_version
+
+    assert group["tiled"].serializer.weights_version == latest_version()  # pinned: later writes stay in it
 
 
 def test_inspect_writes_three_figures(tmp_path):

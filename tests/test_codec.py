@@ -357,3 +357,41 @@ def test_coded_size_within_one_percent_of_theoretical_on_kodak(kodak_dir):
         loaded = codec._model()
         bits = theoretical_bits(latent_symbols(codec, image), loaded.tables)
         assert 8 * len(codec.encode(image)) <= 1.01 * bits
+
+
+# -- weights versions --------------------------------------------------------------------------------
+def test_pinned_weights_version_writes_that_version_and_every_version_reads(sample_image, tmp_path):
+    versions = weights.bundled_versions()
+    if len(versions) < 2:
+        pytest.skip(f"needs two bundled weights versions, this installation has {versions}")
+    oldest, newest = versions[0], versions[-1]
+    chunk = sample_image[:64, :80]
+    pinned = caecodec.ConvolutionalAutoencoder(quality=3, weights_version=oldest)
+    default = caecodec.ConvolutionalAutoencoder(quality=3)
+    pinned_bytes, default_bytes = pinned.encode(chunk), default.encode(chunk)
+    assert bitstream.unpack(pinned_bytes)[0].weights_version == oldest
+    assert bitstream.unpack(default_bytes)[0].weights_version == newest
+    assert pinned_bytes != default_bytes
+    for data in (pinned_bytes, default_bytes):  # each chunk decodes with the weights its header names
+        np.testing.assert_array_equal(default.decode(data), pinned.decode(data))
+
+    assert numcodecs.get_codec(pinned.get_config()).get_config() == pinned.get_config()
+    assert "weights_version" not in default.get_config()
+    array = zarr.create_array(tmp_path / "pinned.zarr", shape=(64, 80, 3), chunks=(64, 80, 3), dtype="uint8",
+                              serializer=caecodec.CAECodec(quality=3, weights_version=oldest), compressors=None)
+    array[:] = chunk
+    reopened = zarr.open_array(tmp_path / "pinned.zarr", mode="r")
+    assert reopened.serializer.weights_version == oldest  # the pin is part of the array's metadata
+    raw = (reopened.store_path / reopened.metadata.encode_chunk_key((0, 0, 0))).get_sync().to_bytes()
+    assert raw == pinned_bytes
+
+
+def test_bad_weights_versions_are_refused_with_the_value(sample_image):
+    for bad in (0, -1, 1.5, "1", True):
+        with pytest.raises(ValueError, match=f"weights_version must be .* found {bad!r}"):
+            caecodec.ConvolutionalAutoencoder(quality=3, weights_version=bad)
+    with pytest.raises(ValueError, match="pins a version of the bundled weights; found weights="):
+        caecodec.ConvolutionalAutoencoder(quality=3, weights=TINY, weights_version=1)
+    missing = max(weights.bundled_versions()) + 1
+    with pytest.raises(weights.WeightsError, match=f"version {missing}, which this installation lacks"):
+        caecodec.ConvolutionalAutoencoder(quality=3, weights_version=missing).encode(sample_image[:32, :32])

@@ -48,7 +48,7 @@ def test_every_bundled_weights_version_has_committed_fixtures():
 @pytest.mark.parametrize("config_path", FIXTURE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_reference_chunk_still_decodes_and_reencodes_to_the_same_bytes(config_path):
     stem = config_path.parent / config_path.stem
-    codec = make_fixtures.codec_for(json.loads(config_path.read_text()))
+    codec = make_fixtures.codec_for(json.loads(config_path.read_text()), config_path.parent.name)
     chunk = stem.with_suffix(".cae").read_bytes()
     source = np.load(f"{stem}.source.npy")
 

@@ -160,6 +160,31 @@ def test_seamless_read_hides_the_borders_that_a_plain_read_shows(sample_image, t
     assert np.abs(region.astype(int) - seamless_pixels[100:300, 50:420]).max() <= 1
 
 
+def test_seamless_read_of_chunks_it_cannot_join_is_the_plain_read(sample_image, tmp_path):
+    """A region with a chunk never written (zarr's fill value has no latent) or with chunks of two weights
+    versions (their latents are not interchangeable) decodes chunk by chunk, never as one wrong synthesis."""
+    from caecodec.weights import bundled_versions
+
+    image = sample_image[:256, :256]
+    array = caecodec_array(tmp_path / "holes.zarr", image, 128, quality=1)
+    write_seamless(array, lambda rows: image[rows])
+    (array.store_path / array.metadata.encode_chunk_key((1, 1, 0))).delete_sync()
+    np.testing.assert_array_equal(read_seamless(array), array[:])
+    assert not array[128:, 128:].any()  # the fill value, as zarr reads it
+
+    versions = bundled_versions()
+    if len(versions) < 2:
+        pytest.skip(f"needs two bundled weights versions, this installation has {versions}")
+    mixed = caecodec_array(tmp_path / "mixed.zarr", image, 128, quality=1)
+    write_seamless(mixed, lambda rows: image[rows])
+    older = caecodec_array(tmp_path / "older.zarr", image, 128, quality=1, weights_version=versions[0])
+    older[:128, :128] = image[:128, :128]
+    (mixed.store_path / mixed.metadata.encode_chunk_key((0, 0, 0))).set_sync(
+        (older.store_path / older.metadata.encode_chunk_key((0, 0, 0))).get_sync())
+    np.testing.assert_array_equal(read_seamless(mixed), mixed[:])
+    assert psnr(image, read_seamless(mixed)) > 20
+
+
 def test_seamless_writes_and_reads_hold_one_band_not_the_image(sample_image, tmp_path):
     import tracemalloc
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cli import UsageError
-from .files import add_codec_arguments, add_independent_chunks_argument, add_quiet_argument, codec_from, restored_name
+from .files import add_codec_arguments, add_independent_chunks_argument, add_quiet_argument, restored_name
 
 ATTRIBUTE = "caecodec"  # array attribute: {"sources": [input path relative to its folder, ...], "modes": [...]}
 STACK_NAME = "images"
 
 
 def codec_arguments(args) -> dict:
-    """The create_array keywords that put caecodec on an array of either zarr format."""
-    if args.zarr_format == 2:
-        return {"compressors": codec_from(args)}
+    """The create_array keywords that put caecodec on an array of either zarr format. With the bundled
+    weights the array records the version it is written with, so later writes into it (from a newer
+    release) stay in the same latent space."""
+    from ..codec import ConvolutionalAutoencoder
+    from ..weights import latest_version
     from ..zarr3 import CAECodec
 
-    return {"serializer": CAECodec(args.quality, args.metric, weights=args.weights), "compressors": None}
+    configuration = {"quality": args.quality, "metric": args.metric, "weights": args.weights,
+                     "weights_version": latest_version() if args.weights == "bundled" else None}
+    if args.zarr_format == 2:
+        return {"compressors": ConvolutionalAutoencoder(**configuration)}
+    return {"serializer": CAECodec(**configuration), "compressors": None}
 
 
 def open_output_group(path: Path, zarr_format: int):
