@@ -156,11 +156,6 @@ class ConvolutionalAutoencoder(Codec):
             raise ChunkError(f"chunk passed its CRC but its entropy-coded data is inconsistent: {error}") from None
         return header, symbols, loaded
 
-    def model_for_chunk(self, buf):
-        """The loaded model that decodes this chunk: its header checked, nothing entropy-decoded."""
-        header, _, _ = bitstream.unpack(buf)
-        return self._model_for(header)
-
     def _model_for(self, header: Header):
         if (header.quality, header.metric) != (self.quality, self.metric):
             raise ChunkError(f"chunk was written at quality {header.quality}, metric {header.metric!r}; this codec "

@@ -184,36 +184,35 @@ def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), i
     latents = open_latents(array.store, path=array.path)
     need_rows = latent_span(rows, halo, slice(0, latents.shape[-3]))
     need_cols = latent_span(cols, halo, slice(0, latents.shape[-2]))
-    stored = _region_chunks(array, index, need_rows, need_cols)
-    if not _one_latent_space(stored):
+    headers = _region_headers(array, index, need_rows, need_cols)
+    if not _one_latent_space(headers):
         return np.asarray(array[plain])
-    loaded = _codec(caecodec_configuration(array.metadata.to_dict())).model_for_chunk(stored[0])
+    loaded = _codec(caecodec_configuration(array.metadata.to_dict()))._model_for(headers[0])
     latent = np.moveaxis(np.asarray(latents[(*index, need_rows, need_cols)]), -1, 0)[None]
     window = LatentWindow(latent, need_rows.start, need_cols.start)
     return synthesise_in_tiles(window, rows, cols, synthesis_with(loaded), halo)
 
 
-def _region_chunks(array, index: tuple[int, ...], latent_rows: slice, latent_cols: slice) -> list[bytes | None]:
-    """The stored bytes (None: never written) of the chunks under latent rows x cols of image `index`."""
+def _region_headers(array, index: tuple[int, ...], latent_rows: slice, latent_cols: slice) -> list:
+    """The chunk headers (None: never written) of the chunks under latent rows x cols of image `index`."""
+    from .bitstream import unpack
+
     per_chunk = [latent_size(size) for size in array.chunks[-3:-1]]
     blocks = [range(span.start // size, -(-span.stop // size)) for span, size in zip((latent_rows, latent_cols),
                                                                                       per_chunk)]
     first = tuple(at // size for at, size in zip(index, array.chunks))
     chunks = [_chunk_path(array, (*first, row, col, 0)).get_sync(prototype=default_buffer_prototype())
               for row in blocks[0] for col in blocks[1]]
-    return [None if chunk is None else chunk.to_bytes() for chunk in chunks]
+    return [None if chunk is None else unpack(chunk.to_bytes())[0] for chunk in chunks]
 
 
-def _one_latent_space(stored: list[bytes | None]) -> bool:
+def _one_latent_space(headers: list) -> bool:
     """Whether one synthesis can decode the latents of these chunks together: all written (a chunk never
     written reads as zarr's fill value, which has no latent) and by the same weights (an array written over
     time may hold chunks of several weights versions, whose latents are not interchangeable). Otherwise the
     region is read plainly: every chunk decodes with its own weights, and only its seams show."""
-    from .bitstream import unpack
-
-    if any(chunk is None for chunk in stored):
+    if any(header is None for header in headers):
         return False
-    headers = [unpack(chunk)[0] for chunk in stored]
     return len({(header.weights_version, header.weights_digest) for header in headers}) == 1
 
 

@@ -51,13 +51,7 @@ class CAECodec(ArrayBytesCodec):
         return cls(**(configuration or {}))
 
     def to_dict(self) -> dict:
-        configuration = {"quality": self.quality, "metric": self.metric, "gpu": self.gpu}
-        if self.weights != "bundled":
-            configuration["weights"] = self.weights
-        if self.partial_decompress:
-            configuration["partial_decompress"] = True
-        if self.weights_version is not None:
-            configuration["weights_version"] = self.weights_version
+        configuration = {key: value for key, value in self._core.get_config().items() if key != "id"}
         return {"name": CODEC_NAME, "configuration": configuration}
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:
