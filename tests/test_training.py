@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -13,9 +14,10 @@ import torch
 from PIL import Image
 
 from caecodec import weights
-from caecodec.training import load_checkpoint_model
+from caecodec.training import TrainingConfig, load_checkpoint_model, train
 from caecodec.models import VariableRateFactorizedPrior
 
+TINY_CONFIG = dict(n=8, m=8, batch=2, warmup_steps=2, kodak_dir=None)
 TINY = ["--n", "8", "--m", "8", "--batch", "2", "--threads", "1", "--quiet", "--kodak-dir", ""]
 
 
@@ -78,3 +80,37 @@ def test_missing_training_folder_is_one_line(tmp_path):
                              "--run-dir", str(tmp_path / "run")], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "training images folder not found" in result.stderr
+
+
+def test_cooldown_branch_anneals_a_copy(tmp_path, photos):
+    torch.set_num_threads(1)
+    train(TrainingConfig(run_dir=str(tmp_path / "main"), train_dir=str(photos), **TINY_CONFIG), 5, progress=False)
+    source = model_state(tmp_path / "main")
+    branch = TrainingConfig(run_dir=str(tmp_path / "branch"), train_dir=str(photos), **TINY_CONFIG)
+    assert train(branch, 4, progress=False, branch_from=str(tmp_path / "main")).step == 9
+    assert train(branch, 4, progress=False).step == 9  # a finished cooldown trains no further
+    assert all(torch.equal(source[k], model_state(tmp_path / "main")[k]) for k in source)  # the source is untouched
+    with (tmp_path / "branch" / "steps.csv").open() as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert len(rates) == 4 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[0] < branch.lr(5) and rates[-1] == pytest.approx(branch.final_lr)
+
+
+def test_cooldown_branch_resumed_midway_is_exact(tmp_path, photos):
+    torch.set_num_threads(1)
+    train(TrainingConfig(run_dir=str(tmp_path / "main"), train_dir=str(photos), **TINY_CONFIG), 3, progress=False)
+    for name, stretches in (("whole", [4]), ("resumed", [2, 2])):
+        for steps in stretches:
+            train(TrainingConfig(run_dir=str(tmp_path / name), train_dir=str(photos), **TINY_CONFIG), steps, progress=False,
+                  branch_from=str(tmp_path / "main"), cooldown_steps=4)
+    whole, resumed = model_state(tmp_path / "whole"), model_state(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)["step"] == 7
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_cooldown_from_a_run_without_checkpoint_is_one_line(tmp_path, photos):
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
+                             str(tmp_path / "branch"), "--cooldown-from", str(tmp_path / "none"), *TINY],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "branch" / "checkpoint.pt").exists()
+    assert result.stderr.strip().count("\n") == 0 and "no checkpoint to branch from" in result.stderr

@@ -28,6 +28,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--levels", default="all", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim)")
+    parser.add_argument("--cooldown-from", metavar="RUN_DIR",
+                        help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
+    parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", metavar="PNG", help="only plot the run's learning curves to PNG")
@@ -65,6 +68,9 @@ def run(args) -> int:
     levels = tuple(range(16)) if args.levels == "all" else tuple(int(v) for v in args.levels.split(","))
     config = TrainingConfig(train_dir=args.train_dir, run_dir=args.run_dir, kodak_dir=args.kodak_dir,
                             n=args.n, m=args.m, crop=args.crop, batch=args.batch, levels=levels, eval_every=args.eval_every)
-    trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty())
+    if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
+        raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
+    trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
+                    cooldown_steps=args.cooldown_steps)
     print(f"run {args.run_dir}: step {trainer.step}, {trainer.skipped} spike steps skipped")
     return 0
