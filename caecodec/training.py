@@ -397,9 +397,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
     bundle_dir = Path(bundle_dir or weights.BUNDLE_DIR)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model, state = load_checkpoint_model(run_dir)
-    step = state["step"]
+    step, config = state["step"], state["config"]  # the checkpoint's own recipe, not a config.json beside it
     aux_loss = fit_quantiles(model)
-    config = json.loads((Path(run_dir) / "config.json").read_text())
     path = bundle_dir / f"v{version}.safetensors"
     weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
     card = {
