@@ -94,5 +94,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
 
 
 def mean_measurement(model, images: list[np.ndarray]) -> Measurement:
-    results = [measure(model, image) for image in images]
+    return mean_of([measure(model, image) for image in images])
+
+
+def mean_of(results: list[Measurement]) -> Measurement:
     return Measurement(**{k: float(np.mean([getattr(r, k) for r in results])) for k in Measurement.__dataclass_fields__})

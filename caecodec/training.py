@@ -20,8 +20,9 @@ import torch
 from torch.nn import functional as F
 
 from . import zoo
-from .evaluation import load_rgb, mean_measurement
+from .evaluation import load_rgb, mean_measurement, mean_of, measure
 from .models import VariableRateFactorizedPrior
+from .parallel import Replicas
 
 
 @dataclass
@@ -111,8 +112,11 @@ def rate_distortion_loss(output: dict, x: torch.Tensor, level: int, msssim_windo
 
 
 class Trainer:
-    def __init__(self, config: TrainingConfig):
+    """One replica of a run: the leader's run state, or another data-parallel process's (see parallel.py)."""
+
+    def __init__(self, config: TrainingConfig, replicas: Replicas | None = None):
         self.config = config
+        self.replicas = replicas or Replicas()
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -122,7 +126,10 @@ class Trainer:
         aux = [p for name, p in self.model.named_parameters() if name.endswith("quantiles")]
         self.optimizer = torch.optim.Adam(self.main_parameters, lr=config.peak_lr)
         self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
-        self.generator = np.random.default_rng(config.seed)
+        # the leader's generator draws levels and its crops; each other replica draws its own crops and noise
+        self.generator = np.random.default_rng(config.seed if self.replicas.leader else [config.seed, self.replicas.rank])
+        if not self.replicas.leader:
+            torch.manual_seed(config.seed + self.replicas.rank)
         self.step = 0
         self.loss_mean = {}  # running mean of each level's loss: normalises levels and detects spikes
         self.skipped = 0
@@ -140,20 +147,28 @@ class Trainer:
         """The last checkpoint saved with no skipped step shortly before it: where recoveries go back to."""
         return self.run_dir / "healthy.pt"
 
-    def state(self) -> dict:
+    def random_state(self) -> dict:
+        return {"generator": self.generator.bit_generator.state, "torch_rng": torch.get_rng_state()}
+
+    def state(self, replica_random_states: list[dict]) -> dict:
         return {
             "config": asdict(self.config), "step": self.step, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "aux_optimizer": self.aux_optimizer.state_dict(),
-            "generator": self.generator.bit_generator.state, "torch_rng": torch.get_rng_state(),
+            **self.random_state(), "replicas": replica_random_states,
             "loss_mean": self.loss_mean, "skipped": self.skipped, "lr_scale": self.lr_scale,
             "warmup_start": self.warmup_start, "cooldown": self.cooldown,
         }
 
     def save(self, healthy: bool) -> None:
+        """Checkpoint (a collective: every replica calls it; the leader writes, with all replicas' RNG states)."""
+        self.replicas.check_in_sync(self.model)
+        random_states = self.replicas.gather(self.random_state())[1:]
+        if not self.replicas.leader:
+            return
         paths = [self.checkpoint_path] + ([self.healthy_path] if healthy else [])
         for path in paths:
             temporary = path.with_suffix(".tmp")
-            torch.save(self.state(), temporary)
+            torch.save(self.state(random_states), temporary)
             os.replace(temporary, path)  # atomic: a killed run never leaves half a checkpoint
 
     def resume(self, path: Path | None = None) -> bool:
@@ -164,12 +179,24 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
-        self.generator.bit_generator.state = state["generator"]
-        torch.set_rng_state(state["torch_rng"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
+        self._resume_random_state(state)
         self.lr_scale, self.warmup_start = state["lr_scale"], state["warmup_start"]
         self.cooldown = state.get("cooldown")  # absent from checkpoints written before cooldown branches
         return True
+
+    def _resume_random_state(self, state: dict) -> None:
+        rank, replicas = self.replicas.rank, state.get("replicas", [])  # absent before data-parallel runs
+        if rank == 0:
+            random_state = state
+        elif rank <= len(replicas):
+            random_state = replicas[rank - 1]
+        else:  # a run continued with more processes than it had: fresh streams for the new replica
+            self.generator = np.random.default_rng([self.config.seed, rank, self.step])
+            torch.manual_seed(self.config.seed + rank + self.step)
+            return
+        self.generator.bit_generator.state = random_state["generator"]
+        torch.set_rng_state(random_state["torch_rng"])
 
     def recover(self) -> None:
         """Go back to the last healthy checkpoint with half the learning rate (keeping the RNG moving on)."""
@@ -215,19 +242,21 @@ class Trainer:
 
     def train_step(self, sampler: CropSampler) -> dict:
         config = self.config
-        level = self.choose_level()
-        x = sampler.sample(self.generator, config.batch)
+        world = self.replicas.world
+        level = self.replicas.broadcast(self.choose_level() if self.replicas.leader else -1)
+        x = sampler.sample(self.generator, config.batch // world)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
         self.model.train()
         output = self.model(x, level)
         loss, bpp, mse = rate_distortion_loss(output, x, level, config.msssim_window)
-        sample = output["y"][: config.density_batch]
+        sample = output["y"][: max(1, config.density_batch // world)]
         pixels = sample.shape[0] * x.shape[2] * x.shape[3]
         density_bpp = sum(self.model.density_bits(sample, other) for other in config.levels if other != level) / pixels
-        value = float(loss.detach())
+        # statistics of the whole batch, the same in every replica: so are the skip decisions below
+        value, batch_bpp, batch_mse = self.replicas.mean([float(t.detach()) for t in (loss, bpp, mse)])
         mean = self.loss_mean.get(level, value)
-        psnr = float(-10 * torch.log10(mse.detach())) if float(mse.detach()) > 0 else float("inf")
+        psnr = -10 * math.log10(batch_mse) if batch_mse > 0 else float("inf")
         warm = self.step - self.warmup_start > config.warmup_steps
         spike = not math.isfinite(value) or (warm and (value > config.spike_factor * mean or psnr < config.min_psnr))
         self.optimizer.zero_grad(set_to_none=True)
@@ -235,6 +264,7 @@ class Trainer:
             self.skipped += 1
         else:
             (loss / mean + density_bpp).backward()
+            self.replicas.average_gradients(self.main_parameters)
             # main parameters only: the quantiles still hold the previous step's aux gradients, which a resumed
             # run does not have, and which would change the clipping scale (and break exact resume)
             torch.nn.utils.clip_grad_norm_(self.main_parameters, config.clip_norm)
@@ -245,7 +275,7 @@ class Trainer:
         aux.backward()
         self.aux_optimizer.step()
         self.step += 1
-        return {"step": self.step, "level": level, "loss": value, "bpp": float(bpp.detach()), "psnr": psnr,
+        return {"step": self.step, "level": level, "loss": value, "bpp": batch_bpp, "psnr": psnr,
                 "aux": float(aux.detach()), "lr": group["lr"], "skipped": int(spike)}
 
     def lr(self) -> float:
@@ -257,10 +287,13 @@ class Trainer:
 
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, images: list[np.ndarray]) -> list[dict]:
+        """Each level on `images`, real bitstreams (a collective: every replica measures its share of the images)."""
+        mine = images[self.replicas.rank :: self.replicas.world]
         rows = []
         for level in self.config.levels:
             quality, metric = zoo.level_configuration(level)
-            result = mean_measurement(self.model.export(level), images).as_dict()
+            model = self.model.export(level)
+            result = mean_of(sum(self.replicas.gather([measure(model, image) for image in mine]), [])).as_dict()
             rows.append({"step": self.step, "quality": quality, "metric": metric, "images": len(images), **result})
         return rows
 
@@ -283,55 +316,70 @@ def append_csv(path: Path, row: dict) -> None:
 
 
 def train(config: TrainingConfig, steps: int, progress: bool = True, branch_from: str | None = None,
-          cooldown_steps: int | None = None) -> Trainer:
+          cooldown_steps: int | None = None, processes: int = 1) -> Trainer:
     """Train for `steps` more steps, checkpointing as it goes.
 
     Resumes the run in `config.run_dir`; without one, starts as a cooldown branch of the run in `branch_from`
     (`cooldown_steps` decaying steps, by default `steps`; see Trainer.branch_from), or else from the newest
     bundled weights if any. A cooldown branch stops at the end of its cooldown and is then evaluated on Kodak.
+    With `processes` > 1 every step's batch is split over that many data-parallel processes (parallel.py);
+    a run resumes exactly when continued with the same number of processes.
     """
+    if config.batch % processes:
+        raise ValueError(f"batch {config.batch} does not split evenly over {processes} processes")
+    arguments = (config, steps, progress, branch_from, cooldown_steps)
+    if processes > 1:
+        from . import parallel
+
+        return parallel.run(_train, processes, *arguments)
+    return _train(Replicas(), *arguments)
+
+
+def _train(replicas: Replicas, config: TrainingConfig, steps: int, progress: bool, branch_from: str | None,
+           cooldown_steps: int | None) -> Trainer:
     from collections import deque
 
     from tqdm import tqdm
 
     from . import weights
 
-    trainer = Trainer(config)
+    trainer = Trainer(config, replicas)
+    log = (lambda name, row: append_csv(trainer.run_dir / name, row)) if replicas.leader else (lambda name, row: None)
     resumed = trainer.resume()
     if not resumed and branch_from:
         trainer.branch_from(branch_from, cooldown_steps or steps)
-        append_csv(trainer.run_dir / "events.csv", {"step": trainer.step, "event": f"cooldown branch of {branch_from}",
-                                                     "lr_scale": trainer.lr_scale})
+        log("events.csv", {"step": trainer.step, "event": f"cooldown branch of {branch_from}", "lr_scale": trainer.lr_scale})
     elif not resumed and weights.bundled_versions():
         card = weights.version_card(weights.latest_version())
         if (card["n"], card["m"]) == (config.n, config.m):
             trainer.start_from_bundle(weights.latest_version())
-    (trainer.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    if replicas.leader:
+        (trainer.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
     sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
     evaluation_images = kodak_images(config.kodak_dir, config.eval_images)
     target = trainer.step + steps if trainer.cooldown is None else min(trainer.step + steps, trainer.cooldown_end)
-    bar = tqdm(total=steps, disable=not progress, desc=f"train from step {trainer.step}" + (" (resumed)" if resumed else ""))
+    bar = tqdm(total=steps, disable=not (progress and replicas.leader),
+               desc=f"train from step {trainer.step}" + (" (resumed)" if resumed else ""))
     started = time.perf_counter()
     recent_skips = deque(maxlen=50)
     stop = _StopRequest()
-    while trainer.step < target and not stop.requested:
+    while trainer.step < target and not replicas.any(stop.requested):
         row = trainer.train_step(sampler)
         row["seconds"] = round(time.perf_counter() - started, 2)
-        append_csv(trainer.run_dir / "steps.csv", row)
+        log("steps.csv", row)
         bar.update(1)
         bar.set_postfix(level=row["level"], bpp=f"{row['bpp']:.3f}", psnr=f"{row['psnr']:.2f}")
         recent_skips.append(row["skipped"])
         if sum(recent_skips) >= config.recovery_skips:
             trainer.recover()
             recent_skips.clear()
-            append_csv(trainer.run_dir / "events.csv", {"step": trainer.step, "event": "recovered",
-                                                         "lr_scale": trainer.lr_scale})
+            log("events.csv", {"step": trainer.step, "event": "recovered", "lr_scale": trainer.lr_scale})
             continue
         if trainer.step % config.checkpoint_every == 0 or trainer.step == target:
             trainer.save(healthy=sum(recent_skips) == 0)
         if evaluation_images and (trainer.step % config.eval_every == 0 or trainer.step == trainer.cooldown_end):
             for result in trainer.evaluate(evaluation_images):
-                append_csv(trainer.run_dir / "kodak.csv", result)
+                log("kodak.csv", result)
     bar.close()
     trainer.save(healthy=sum(recent_skips) == 0)
     stop.restore()

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from caecodec import weights
-from caecodec.training import TrainingConfig, load_checkpoint_model, train
+from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, train
 from caecodec.models import VariableRateFactorizedPrior
 
 TINY_CONFIG = dict(n=8, m=8, batch=2, warmup_steps=2, kodak_dir=None)
@@ -114,3 +114,42 @@ def test_cooldown_from_a_run_without_checkpoint_is_one_line(tmp_path, photos):
                             capture_output=True, text=True)
     assert result.returncode == 2 and not (tmp_path / "branch" / "checkpoint.pt").exists()
     assert result.stderr.strip().count("\n") == 0 and "no checkpoint to branch from" in result.stderr
+
+
+def test_data_parallel_run_resumes_exactly(tmp_path, photos):
+    """Two processes, each computing half of every batch: straight and stopped-and-resumed runs agree bit for bit."""
+    torch.set_num_threads(1)
+    config = dict(train_dir=str(photos), **TINY_CONFIG | {"batch": 4, "checkpoint_every": 2})
+    for name, stretches in (("straight", [5]), ("resumed", [3, 2])):
+        for steps in stretches:
+            trainer = train(TrainingConfig(run_dir=str(tmp_path / name), **config), steps, progress=False, processes=2)
+    assert trainer.step == 5
+    straight, resumed = model_state(tmp_path / "straight"), model_state(tmp_path / "resumed")
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    assert len(checkpoint["replicas"]) == 1  # the second process's RNG state, without which resuming is not exact
+    assert len((tmp_path / "resumed" / "steps.csv").read_text().splitlines()) == 1 + 5  # logged once, by the leader
+
+
+def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, photos):
+    """Each process measures its share of the validation images; the leader logs the mean over all of them."""
+    torch.set_num_threads(1)
+    config = TrainingConfig(run_dir=str(tmp_path / "run"), train_dir=str(photos),
+                            **TINY_CONFIG | {"batch": 4, "kodak_dir": str(photos), "eval_every": 3, "eval_images": 3})
+    train(config, 3, progress=False, processes=2)
+    with (tmp_path / "run" / "kodak.csv").open() as handle:
+        logged = list(csv.DictReader(handle))
+    single = Trainer(config)
+    assert single.resume() and single.step == 3
+    expected = single.evaluate(kodak_images(str(photos), 3))
+    assert len(logged) == len(expected) == 16 and {row["images"] for row in logged} == {"3"}
+    for row, reference in zip(logged, expected):
+        for key in ("bpp", "psnr", "ms_ssim"):
+            assert float(row[key]) == pytest.approx(reference[key], rel=1e-12)
+
+
+def test_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, photos):
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
+                             str(tmp_path / "run"), "--processes", "3", *TINY], capture_output=True, text=True)
+    assert result.returncode == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert result.stderr.strip().count("\n") == 0 and "batch 2 does not split evenly over 3 processes" in result.stderr

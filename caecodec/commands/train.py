@@ -1,6 +1,7 @@
 """Train the variable-rate network for all sixteen configurations (resumes the run), or export it as bundled weights.
 
     caecodec train --steps 20000                      # train (or resume) the run in ~/.cache/caecodec/train/main
+    caecodec train --steps 20000 --processes 2        # the same, on two cores (data-parallel)
     caecodec train --plot curves.png                  # learning curves of the run
     caecodec train --export 2 --kodak-dir DIR         # write the run's weights as bundled version 2, with its model card
 """
@@ -25,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--n", type=int, default=128, help="channels of the transforms (N)")
     parser.add_argument("--m", type=int, default=192, help="latent channels (M)")
     parser.add_argument("--threads", type=int, help="torch threads (results are reproducible at a fixed count)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="data-parallel processes, each computing batch/processes crops of every step "
+                             "(2 on two cores: 1.8x the steps per hour of one process, docs/training.md)")
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--levels", default="all", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim)")
@@ -71,6 +75,6 @@ def run(args) -> int:
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
-                    cooldown_steps=args.cooldown_steps)
+                    cooldown_steps=args.cooldown_steps, processes=args.processes)
     print(f"run {args.run_dir}: step {trainer.step}, {trainer.skipped} spike steps skipped")
     return 0
