@@ -181,10 +181,11 @@ def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), i
     plain = (*index, rows, cols)
     if rows.start == rows.stop or cols.start == cols.stop or not _seamless_readable(array):
         return np.asarray(array[plain])
-    latents = open_latents(array.store, path=array.path)
+    fetched = _FetchedChunks(array.store)  # the region's chunks are read once, for their headers and latents
+    latents = open_latents(fetched, path=array.path)
     need_rows = latent_span(rows, halo, slice(0, latents.shape[-3]))
     need_cols = latent_span(cols, halo, slice(0, latents.shape[-2]))
-    headers = _region_headers(array, index, need_rows, need_cols)
+    headers = _region_headers(array, index, need_rows, need_cols, fetched.chunks)
     if not _one_latent_space(headers):
         return np.asarray(array[plain])
     loaded = _codec(caecodec_configuration(array.metadata.to_dict()))._model_for(headers[0])
@@ -193,17 +194,37 @@ def read_seamless(array, rows: slice = slice(None), cols: slice = slice(None), i
     return synthesise_in_tiles(window, rows, cols, synthesis_with(loaded), halo)
 
 
-def _region_headers(array, index: tuple[int, ...], latent_rows: slice, latent_cols: slice) -> list:
-    """The chunk headers (None: never written) of the chunks under latent rows x cols of image `index`."""
+def _region_headers(array, index: tuple[int, ...], latent_rows: slice, latent_cols: slice,
+                    fetched: dict[str, Buffer]) -> list:
+    """The chunk headers (None: never written) of the chunks under latent rows x cols of image `index`;
+    the chunks' bytes are kept in `fetched` (by store key)."""
     from .bitstream import unpack
 
     per_chunk = [latent_size(size) for size in array.chunks[-3:-1]]
     blocks = [range(span.start // size, -(-span.stop // size)) for span, size in zip((latent_rows, latent_cols),
                                                                                       per_chunk)]
     first = tuple(at // size for at, size in zip(index, array.chunks))
-    chunks = [_chunk_path(array, (*first, row, col, 0)).get_sync(prototype=default_buffer_prototype())
-              for row in blocks[0] for col in blocks[1]]
-    return [None if chunk is None else unpack(chunk.to_bytes())[0] for chunk in chunks]
+    headers = []
+    for path in (_chunk_path(array, (*first, row, col, 0)) for row in blocks[0] for col in blocks[1]):
+        chunk = path.get_sync(prototype=default_buffer_prototype())
+        if chunk is not None:
+            fetched[path.path] = chunk
+        headers.append(None if chunk is None else unpack(chunk.to_bytes())[0])
+    return headers
+
+
+class _FetchedChunks(WrapperStore):
+    """A read-only view of a store that serves the chunks already fetched (`chunks`, by key) from memory."""
+
+    def __init__(self, store: Store):
+        super().__init__(store if store.read_only else store.with_read_only(True))
+        self.chunks: dict[str, Buffer] = {}
+
+    async def get(self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None) -> Buffer | None:
+        held = self.chunks.get(key)
+        if held is None:
+            return await self._store.get(key, prototype, byte_range)
+        return prototype.buffer.from_bytes(_byte_slice(held.to_bytes(), byte_range))
 
 
 def _one_latent_space(headers: list) -> bool:

@@ -160,6 +160,32 @@ def test_seamless_read_hides_the_borders_that_a_plain_read_shows(sample_image, t
     assert np.abs(region.astype(int) - seamless_pixels[100:300, 50:420]).max() <= 1
 
 
+def test_seamless_read_fetches_each_chunk_once(sample_image, tmp_path):
+    """The chunks under a region are read once from the store, for their headers and their latents alike."""
+    from collections import Counter
+
+    from zarr.storage import LocalStore
+
+    class CountingStore(LocalStore):  # zarr's own store, counting what it is asked for
+        requests = Counter()
+
+        async def get(self, key, prototype=None, byte_range=None):
+            type(self).requests[key] += 1
+            return await super().get(key, prototype, byte_range)
+
+        def get_sync(self, key, *, prototype=None, byte_range=None):
+            type(self).requests[key] += 1
+            return super().get_sync(key, prototype=prototype, byte_range=byte_range)
+
+    image = sample_image[:256, :384]
+    write_seamless(caecodec_array(tmp_path / "a.zarr", image, 128, quality=1), lambda rows: image[rows])
+    array = zarr.open_array(CountingStore(tmp_path / "a.zarr", read_only=True), mode="r")
+    region = read_seamless(array, slice(0, 256), slice(0, 240))  # latent columns 0-15, halo 16-17
+    chunk_reads = {key: n for key, n in CountingStore.requests.items() if key.startswith("c/")}
+    assert len(chunk_reads) == 2 * 3 and set(chunk_reads.values()) == {1}, chunk_reads  # 2 x 2 chunks and the halo's column
+    assert np.abs(region.astype(int) - read_seamless(zarr.open_array(tmp_path / "a.zarr"))[:, :240]).max() <= 1
+
+
 def test_seamless_read_of_chunks_it_cannot_join_is_the_plain_read(sample_image, tmp_path):
     """A region with a chunk never written (zarr's fill value has no latent) or with chunks of two weights
     versions (their latents are not interchangeable) decodes chunk by chunk, never as one wrong synthesis."""
