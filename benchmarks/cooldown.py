@@ -56,10 +56,10 @@ def measure(model, step: int, images: list[np.ndarray]) -> dict:
     return row
 
 
-def branch(run_dir: Path, steps: int, folder: Path) -> Path:
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    config = training.TrainingConfig(**{**state["config"], "levels": tuple(state["config"]["levels"]),
-                                        "run_dir": str(folder), "kodak_dir": None})
+def branch(run_dir: Path, recipe: dict, steps: int, folder: Path) -> Path:
+    """A cooldown branch of `run_dir` whose checkpoint was trained with `recipe` (its TrainingConfig as a dict)."""
+    config = training.TrainingConfig(**{**recipe, "levels": tuple(recipe["levels"]), "run_dir": str(folder),
+                                        "kodak_dir": None})
     training.train(config, steps, progress=False, branch_from=str(run_dir))
     return folder
 
@@ -79,10 +79,12 @@ def main() -> None:
     source = Path(tempfile.mkdtemp()) / "source"  # a snapshot: the run may go on training meanwhile
     source.mkdir()
     shutil.copy(args.run_dir / "checkpoint.pt", source / "checkpoint.pt")
+    checkpoint = training.load_checkpoint_model(source)
+    recipe = checkpoint[1]["config"]
     rows = []
     for steps in args.steps:
-        folder = branch(source, steps, source.parent / f"cooldown-{steps}") if steps else source
-        model, state = training.load_checkpoint_model(folder)
+        folder = branch(source, recipe, steps, source.parent / f"cooldown-{steps}") if steps else None
+        model, state = training.load_checkpoint_model(folder) if folder else checkpoint
         rows.append({"cooldown_steps": steps, **measure(model, state["step"], images)})
         print(json.dumps(rows[-1]), flush=True)
     shutil.rmtree(source.parent)
