@@ -93,8 +93,8 @@ class Replicas:
 def run(function, world: int, *args):
     """`function(replicas, *args)` in `world` processes: this one is the leader, the others are spawned.
 
-    Returns the leader's result. A replica that fails makes the collectives fail in the others, so the
-    whole run stops; its error is re-raised here.
+    Returns the leader's result. A process that fails or is killed makes the collectives fail in the others
+    (gloo reports the closed connection), so the whole run stops, with an error naming the process.
     """
     import multiprocessing
 
@@ -107,13 +107,22 @@ def run(function, world: int, *args):
         worker.start()
     try:
         result = _in_group(function, 0, world, address, args)
-    finally:
-        for worker in workers:
-            worker.join(timeout=60)
-    failed = [(rank, w.exitcode) for rank, w in enumerate(workers, 1) if w.exitcode != 0]
-    if failed:
-        raise RuntimeError(f"data-parallel replicas failed (rank, exit code): {failed}")
+    except RuntimeError as error:
+        if stopped := _stopped(workers):
+            raise RuntimeError(f"data-parallel training stopped: {stopped}; the run resumes from its last "
+                               "checkpoint") from error
+        raise
+    if stopped := _stopped(workers):
+        raise RuntimeError(f"data-parallel training stopped: {stopped}")
     return result
+
+
+def _stopped(workers) -> str:
+    """The spawned processes that ended in failure, as text ('' if none), once they have all ended."""
+    for worker in workers:
+        worker.join(timeout=60)
+    return ", ".join(f"process {rank} exited with code {worker.exitcode}"
+                     for rank, worker in enumerate(workers, 1) if worker.exitcode != 0)
 
 
 def _replica(function, rank: int, world: int, address: str, threads: int, args) -> None:

@@ -153,3 +153,33 @@ def test_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, phot
                              str(tmp_path / "run"), "--processes", "3", *TINY], capture_output=True, text=True)
     assert result.returncode == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
     assert result.stderr.strip().count("\n") == 0 and "batch 2 does not split evenly over 3 processes" in result.stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the spawned process through /proc (Linux)")
+def test_data_parallel_run_whose_process_dies_stops_with_an_error_naming_it(tmp_path, photos):
+    """Killing one process of a data-parallel run stops the other with an error, never a hang."""
+    import signal
+    import time
+    from pathlib import Path
+
+    leader = subprocess.Popen([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
+                               str(tmp_path / "run"), "--steps", "100000", "--processes", "2", *TINY],
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+    def spawned_children():
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields, command = stat.read_text().rsplit(")", 1)[1].split(), (stat.parent / "cmdline").read_bytes()
+            except OSError:  # a process that ended meanwhile
+                continue
+            if int(fields[1]) == leader.pid and b"spawn_main" in command and b"resource_tracker" not in command:
+                yield int(stat.parent.name)
+
+    while not (tmp_path / "run" / "steps.csv").exists() and leader.poll() is None:
+        time.sleep(0.2)  # training has started in both processes
+    children = list(spawned_children())
+    assert len(children) == 1, children
+    os.kill(children[0], signal.SIGKILL)
+    _, stderr = leader.communicate(timeout=120)
+    assert leader.returncode == 1
+    assert f"data-parallel training stopped: process 1 exited with code {-signal.SIGKILL}" in stderr
