@@ -136,6 +136,7 @@ class Trainer:
         self.lr_scale = 1.0  # halved at every recovery from a divergence
         self.warmup_start = 0  # step of the last (re)start from weights without optimizer state
         self.cooldown = None  # {"start", "steps", "lr"} in a cooldown branch, see branch_from
+        self.resumed_recipe = asdict(config)  # the config of the checkpoint resumed from
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -183,7 +184,19 @@ class Trainer:
         self._resume_random_state(state)
         self.lr_scale, self.warmup_start = state["lr_scale"], state["warmup_start"]
         self.cooldown = state.get("cooldown")  # absent from checkpoints written before cooldown branches
+        self.resumed_recipe = state["config"]
         return True
+
+    def recipe_changes(self) -> dict:
+        """The settings this run continues with that differ from its checkpoint's: {name: [was, now]}."""
+        now = asdict(self.config)
+        places = ("run_dir", "kodak_dir", "train_dir")  # where things are, not how the run trains
+
+        def comparable(value):
+            return list(value) if isinstance(value, (list, tuple)) else value  # levels: a tuple, or a list from JSON
+
+        return {k: [was, now[k]] for k, was in self.resumed_recipe.items()
+                if k not in places and k in now and comparable(was) != comparable(now[k])}
 
     def _resume_random_state(self, state: dict) -> None:
         rank, replicas = self.replicas.rank, state.get("replicas", [])  # absent before data-parallel runs
@@ -346,6 +359,9 @@ def _train(replicas: Replicas, config: TrainingConfig, steps: int, progress: boo
     trainer = Trainer(config, replicas)
     log = (lambda name, row: append_csv(trainer.run_dir / name, row)) if replicas.leader else (lambda name, row: None)
     resumed = trainer.resume()
+    if resumed and (changes := trainer.recipe_changes()):
+        log("events.csv", {"step": trainer.step, "event": f"resumed with changed settings {changes}",
+                           "lr_scale": trainer.lr_scale})
     if not resumed and branch_from:
         trainer.branch_from(branch_from, cooldown_steps or steps)
         log("events.csv", {"step": trainer.step, "event": f"cooldown branch of {branch_from}", "lr_scale": trainer.lr_scale})

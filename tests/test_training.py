@@ -183,3 +183,17 @@ def test_data_parallel_run_whose_process_dies_stops_with_an_error_naming_it(tmp_
     _, stderr = leader.communicate(timeout=120)
     assert leader.returncode == 1
     assert f"data-parallel training stopped: process 1 exited with code {-signal.SIGKILL}" in stderr
+
+
+def test_schedule_change_on_resume_is_kept_and_logged(tmp_path, photos):
+    """`--total-steps` given once stays the run's schedule (config.json), and the change is an event of the run."""
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, "--total-steps", 40, *TINY, cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 40
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["step"] == 4 and checkpoint["config"]["total_steps"] == 40
+    with (run / "events.csv").open() as handle:
+        events = [row["event"] for row in csv.DictReader(handle)]
+    assert events == ["resumed with changed settings {'total_steps': [100000, 40]}"]

@@ -16,6 +16,14 @@ def _shared(name: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
+def _run_setting(run_dir: str, name: str, default):
+    """A setting of the run in `run_dir` as it last trained (its config.json), or `default` for a new run."""
+    import json
+
+    recipe = Path(run_dir) / "config.json"
+    return json.loads(recipe.read_text()).get(name, default) if recipe.exists() else default
+
+
 def add_arguments(parser) -> None:
     from ..weights import cache_dir
 
@@ -36,6 +44,9 @@ def add_arguments(parser) -> None:
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
     parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--total-steps", type=int,
+                        help="step at which the cosine learning-rate schedule reaches its final rate "
+                             "(default: the run's own, from its config.json; 100000 for a new run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", metavar="PNG", help="only plot the run's learning curves to PNG")
     parser.add_argument("--export", type=int, metavar="VERSION", help="only export the run as bundled weights")
@@ -70,8 +81,10 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     levels = tuple(range(16)) if args.levels == "all" else tuple(int(v) for v in args.levels.split(","))
+    schedule = {"total_steps": args.total_steps or _run_setting(args.run_dir, "total_steps", TrainingConfig.total_steps)}
     config = TrainingConfig(train_dir=args.train_dir, run_dir=args.run_dir, kodak_dir=args.kodak_dir,
-                            n=args.n, m=args.m, crop=args.crop, batch=args.batch, levels=levels, eval_every=args.eval_every)
+                            n=args.n, m=args.m, crop=args.crop, batch=args.batch, levels=levels, eval_every=args.eval_every,
+                            **schedule)
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
