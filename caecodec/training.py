@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,9 @@ class TrainingConfig:
             return self.peak_lr * (step - start + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * progress))
+
+
+SCHEDULE_SETTINGS = ("peak_lr", "final_lr", "warmup_steps", "total_steps")
 
 
 def initial_gains(levels) -> list[float]:
@@ -241,7 +244,9 @@ class Trainer:
         source = Path(run_dir) / "checkpoint.pt"
         if not self.resume(source):
             raise FileNotFoundError(f"no checkpoint to branch from: {source}")
-        self.cooldown = {"start": self.step, "steps": steps, "lr": self.config.lr(self.step, self.warmup_start)}
+        # the rate the source was at: by its own schedule, which may differ from this branch's settings
+        schedule = replace(self.config, **{k: self.resumed_recipe[k] for k in SCHEDULE_SETTINGS})
+        self.cooldown = {"start": self.step, "steps": steps, "lr": schedule.lr(self.step, self.warmup_start)}
 
     @property
     def cooldown_end(self) -> int | None:

@@ -96,6 +96,21 @@ def test_cooldown_branch_anneals_a_copy(tmp_path, photos):
     assert rates[0] < branch.lr(5) and rates[-1] == pytest.approx(branch.final_lr)
 
 
+def test_cooldown_branch_starts_at_the_rate_of_its_source(tmp_path, photos):
+    """A branch anneals from the rate its source was at, by the source's schedule, whatever its own settings."""
+    torch.set_num_threads(1)
+    train(TrainingConfig(run_dir=str(tmp_path / "main"), train_dir=str(photos), **TINY_CONFIG, total_steps=5), 5,
+          progress=False)
+    with (tmp_path / "main" / "steps.csv").open() as handle:
+        source_rate = float(list(csv.DictReader(handle))[-1]["lr"])
+    branch = TrainingConfig(run_dir=str(tmp_path / "branch"), train_dir=str(photos), **TINY_CONFIG)  # 100 000-step schedule
+    train(branch, 2, progress=False, branch_from=str(tmp_path / "main"))
+    with (tmp_path / "branch" / "steps.csv").open() as handle:
+        first_rate = float(next(csv.DictReader(handle))["lr"])
+    assert source_rate < branch.lr(5) / 2  # the two schedules differ enough to tell which one the branch took
+    assert first_rate <= source_rate
+
+
 def test_cooldown_branch_resumed_midway_is_exact(tmp_path, photos):
     torch.set_num_threads(1)
     train(TrainingConfig(run_dir=str(tmp_path / "main"), train_dir=str(photos), **TINY_CONFIG), 3, progress=False)

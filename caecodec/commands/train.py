@@ -46,7 +46,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--total-steps", type=int,
                         help="step at which the cosine learning-rate schedule reaches its final rate "
-                             "(default: the run's own, from its config.json; 100000 for a new run)")
+                             "(default: the run's own, from its config.json; a new cooldown branch's source's; "
+                             "else 100000)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", metavar="PNG", help="only plot the run's learning curves to PNG")
     parser.add_argument("--export", type=int, metavar="VERSION", help="only export the run as bundled weights")
@@ -81,7 +82,8 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     levels = tuple(range(16)) if args.levels == "all" else tuple(int(v) for v in args.levels.split(","))
-    schedule = {"total_steps": args.total_steps or _run_setting(args.run_dir, "total_steps", TrainingConfig.total_steps)}
+    run_of_record = args.run_dir if (Path(args.run_dir) / "config.json").exists() else args.cooldown_from or args.run_dir
+    schedule = {"total_steps": args.total_steps or _run_setting(run_of_record, "total_steps", TrainingConfig.total_steps)}
     config = TrainingConfig(train_dir=args.train_dir, run_dir=args.run_dir, kodak_dir=args.kodak_dir,
                             n=args.n, m=args.m, crop=args.crop, batch=args.batch, levels=levels, eval_every=args.eval_every,
                             **schedule)
