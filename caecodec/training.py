@@ -343,7 +343,7 @@ def train(config: TrainingConfig, steps: int, progress: bool = True, branch_from
     With `processes` > 1 every step's batch is split over that many data-parallel processes (parallel.py);
     a run resumes exactly when continued with the same number of processes.
     """
-    if config.batch % processes:
+    if processes < 1 or config.batch % processes:
         raise ValueError(f"batch {config.batch} does not split evenly over {processes} processes")
     arguments = (config, steps, progress, branch_from, cooldown_steps)
     if processes > 1:

@@ -163,11 +163,13 @@ def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, phot
             assert float(row[key]) == pytest.approx(reference[key], rel=1e-12)
 
 
-def test_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, photos):
+@pytest.mark.parametrize("processes", [3, 0])
+def test_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, photos, processes):
     result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
-                             str(tmp_path / "run"), "--processes", "3", *TINY], capture_output=True, text=True)
+                             str(tmp_path / "run"), "--processes", str(processes), *TINY], capture_output=True, text=True)
     assert result.returncode == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
-    assert result.stderr.strip().count("\n") == 0 and "batch 2 does not split evenly over 3 processes" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert f"batch 2 does not split evenly over {processes} processes" in result.stderr
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the spawned process through /proc (Linux)")
