@@ -17,22 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from caecodec.bdrate import bd_rate, ms_ssim_db
-from caecodec.bench import CLASSICAL
-from caecodec.evaluation import ms_ssim, psnr
+from caecodec.bench import average, classical_settings, curves, measure
 from caecodec.training import TrainingConfig, kodak_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def jpeg_curve(images: list[np.ndarray]) -> dict[str, list[float]]:
-    jpeg, curve = CLASSICAL["jpeg"], {"bpp": [], "psnr": [], "ms_ssim": []}
-    for quality in jpeg.settings:
-        coded = [jpeg.encode(image, quality, threads=1) for image in images]
-        decoded = [jpeg.decode(data) for data in coded]
-        curve["bpp"].append(np.mean([8 * len(d) / (i.shape[0] * i.shape[1]) for d, i in zip(coded, images)]))
-        curve["psnr"].append(np.mean([psnr(i, d) for i, d in zip(images, decoded)]))
-        curve["ms_ssim"].append(np.mean([ms_ssim(i, d) for i, d in zip(images, decoded)]))
-    return curve
+    """JPEG's averaged curve on `images`, measured as the benchmark measures it."""
+    averages = [average([measure(setting, str(i), image) for i, image in enumerate(images)], setting)
+                for setting in classical_settings(["jpeg"], quick=False, threads=1)]
+    return curves(averages)["jpeg"]
 
 
 def validations(run_dir: Path) -> dict[int, list[dict]]:
