@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,30 @@ class TrainingConfig:
     msssim_window: int = 7  # 128-pixel crops are too small for 5 scales with the 11-pixel window
     density_batch: int = 2  # crops whose latent also trains the densities of the levels not sampled
 
+    def __post_init__(self):
+        count = len(zoo.METRICS) * len(zoo.QUALITIES)
+        if not self.levels or not all(0 <= level < count for level in self.levels):
+            raise ValueError(f"levels must be indexes 0-{count - 1} (0-7 mse q1-8, 8-15 ms-ssim), not {self.levels}")
+        smallest = (self.msssim_window - 1) * 2**4 + 1  # MS-SSIM's 5 scales: 4 halvings, then the window
+        if any(zoo.level_configuration(level)[1] == "ms-ssim" for level in self.levels) and self.crop < smallest:
+            raise ValueError(f"crop {self.crop} is too small for the ms-ssim levels: MS-SSIM with window "
+                             f"{self.msssim_window} needs crops of at least {smallest} pixels")
+
+    @classmethod
+    def of_run(cls, run_dir: str | Path, branch_from: str | Path | None = None, **settings) -> TrainingConfig:
+        """The recipe a run continues with: its checkpoint's (a new cooldown branch: its source's; a new run:
+        the defaults), overridden by the `settings` given. Where things are (PLACES) comes from `settings` only."""
+        recorded = Path(run_dir) / "checkpoint.pt"
+        if not recorded.exists() and branch_from:
+            recorded = Path(branch_from) / "checkpoint.pt"
+        recipe = {}
+        if recorded.exists():
+            state = torch.load(recorded, map_location="cpu", weights_only=False, mmap=True)  # our own run state
+            known = {f.name for f in fields(cls)} - set(PLACES)  # a setting since removed is not passed on
+            recipe = {k: v for k, v in state["config"].items() if k in known}
+            recipe["levels"] = tuple(recipe.get("levels", cls.levels))  # a list after a JSON round trip
+        return cls(**{**recipe, **settings, "run_dir": str(run_dir)})
+
     def lr(self, step: int, start: int = 0) -> float:
         """Learning rate at `step`, warming up again from `start` (the step a run was started or restarted at)."""
         if step - start < self.warmup_steps:
@@ -62,6 +86,7 @@ class TrainingConfig:
 
 
 SCHEDULE_SETTINGS = ("peak_lr", "final_lr", "warmup_steps", "total_steps")
+PLACES = ("run_dir", "kodak_dir", "train_dir")  # where things are, not how a run trains
 
 
 def initial_gains(levels) -> list[float]:
@@ -180,6 +205,10 @@ class Trainer:
         if not path.exists():
             return False
         state = torch.load(path, map_location="cpu", weights_only=False)  # our own run state
+        recorded = {k: state["config"][k] for k in ("n", "m")}
+        if recorded != {"n": self.config.n, "m": self.config.m}:
+            raise ValueError(f"{path} holds a network with {recorded}, not the n={self.config.n}, "
+                             f"m={self.config.m} this run was given")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
@@ -193,13 +222,12 @@ class Trainer:
     def recipe_changes(self) -> dict:
         """The settings this run continues with that differ from its checkpoint's: {name: [was, now]}."""
         now = asdict(self.config)
-        places = ("run_dir", "kodak_dir", "train_dir")  # where things are, not how the run trains
 
         def comparable(value):
             return list(value) if isinstance(value, (list, tuple)) else value  # levels: a tuple, or a list from JSON
 
         return {k: [was, now[k]] for k, was in self.resumed_recipe.items()
-                if k not in places and k in now and comparable(was) != comparable(now[k])}
+                if k not in PLACES and k in now and comparable(was) != comparable(now[k])}
 
     def _resume_random_state(self, state: dict) -> None:
         rank, replicas = self.replicas.rank, state.get("replicas", [])  # absent before data-parallel runs

@@ -163,13 +163,19 @@ def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, phot
             assert float(row[key]) == pytest.approx(reference[key], rel=1e-12)
 
 
-@pytest.mark.parametrize("processes", [3, 0])
-def test_batch_that_does_not_split_over_the_processes_is_one_line(tmp_path, photos, processes):
+@pytest.mark.parametrize("arguments, message", [
+    (["--processes", "3"], "batch 2 does not split evenly over 3 processes"),
+    (["--processes", "0"], "batch 2 does not split evenly over 0 processes"),
+    (["--crop", "64"], "crop 64 is too small for the ms-ssim levels: MS-SSIM with window 7 needs crops of at least 97"),
+    (["--levels", "0,16"], "levels must be indexes 0-15 (0-7 mse q1-8, 8-15 ms-ssim), not (0, 16)"),
+    (["--levels", "mse"], "--levels takes 'all' or comma-separated level indexes 0-15, not 'mse'"),
+])
+def test_bad_training_settings_are_one_line(tmp_path, photos, arguments, message):
     result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
-                             str(tmp_path / "run"), "--processes", str(processes), *TINY], capture_output=True, text=True)
+                             str(tmp_path / "run"), *TINY, *arguments], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
     assert result.stderr.strip().count("\n") == 0
-    assert f"batch 2 does not split evenly over {processes} processes" in result.stderr
+    assert message in result.stderr
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the spawned process through /proc (Linux)")
@@ -203,14 +209,43 @@ def test_data_parallel_run_whose_process_dies_stops_with_an_error_naming_it(tmp_
 
 
 def test_schedule_change_on_resume_is_kept_and_logged(tmp_path, photos):
-    """`--total-steps` given once stays the run's schedule (config.json), and the change is an event of the run."""
+    """`--total-steps` given once stays the run's schedule (its checkpoint's recipe), and the change is an event."""
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, "--total-steps", 40, *TINY, cwd=tmp_path)
+    (run / "config.json").unlink()  # a record for people: the recipe comes from the checkpoint
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
-    assert json.loads((run / "config.json").read_text())["total_steps"] == 40
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
     assert checkpoint["step"] == 4 and checkpoint["config"]["total_steps"] == 40
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 40
     with (run / "events.csv").open() as handle:
         events = [row["event"] for row in csv.DictReader(handle)]
     assert events == ["resumed with changed settings {'total_steps': [100000, 40]}"]
+
+
+def test_resume_keeps_the_runs_recipe_without_repeating_it(tmp_path, photos):
+    """A run started with --n 8 --m 8 --batch 2 --levels 0,9 resumes from `--run-dir` alone, same recipe."""
+    run = tmp_path / "run"
+    recipe = ["--n", "8", "--m", "8", "--batch", "2", "--levels", "0,9", "--crop", "112"]
+    common = ["--train-dir", photos, "--run-dir", run, "--threads", "1", "--quiet", "--kodak-dir", ""]
+    caecodec("train", *common, "--steps", 2, *recipe, cwd=tmp_path)
+    out = caecodec("train", *common, "--steps", 1, cwd=tmp_path)
+    assert "step 3" in out
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert {k: checkpoint["config"][k] for k in ("n", "m", "batch", "crop")} == {"n": 8, "m": 8, "batch": 2, "crop": 112}
+    assert tuple(checkpoint["config"]["levels"]) == (0, 9)
+    with (run / "steps.csv").open() as handle:
+        assert {int(row["level"]) for row in csv.DictReader(handle)} <= {0, 9}
+    assert not (run / "events.csv").exists()  # nothing changed
+
+
+def test_resume_with_another_architecture_names_both(tmp_path, photos):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
+                             str(run), "--steps", "1", "--n", "16", "--quiet", "--kodak-dir", ""],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"caecodec train: error: {run / 'checkpoint.pt'} holds a network with {{'n': 8, 'm': 8}}, "
+        "not the n=16, m=8 this run was given"]

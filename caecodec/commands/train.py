@@ -16,14 +16,6 @@ def _shared(name: str) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def _run_setting(run_dir: str, name: str, default):
-    """A setting of the run in `run_dir` as it last trained (its config.json), or `default` for a new run."""
-    import json
-
-    recipe = Path(run_dir) / "config.json"
-    return json.loads(recipe.read_text()).get(name, default) if recipe.exists() else default
-
-
 def add_arguments(parser) -> None:
     from ..weights import cache_dir
 
@@ -31,23 +23,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-dir", default=_shared("train"), help="folder of training images")
     parser.add_argument("--kodak-dir", default=_shared("kodak"), help="validation images (Kodak)")
     parser.add_argument("--steps", type=int, default=1000, help="steps to train in this invocation")
-    parser.add_argument("--n", type=int, default=128, help="channels of the transforms (N)")
-    parser.add_argument("--m", type=int, default=192, help="latent channels (M)")
+    # recipe settings default to the run's own (its checkpoint's), so a resume need not repeat them
+    parser.add_argument("--n", type=int, help="channels of the transforms (N; default: the run's, else 128)")
+    parser.add_argument("--m", type=int, help="latent channels (M; default: the run's, else 192)")
     parser.add_argument("--threads", type=int, help="torch threads (results are reproducible at a fixed count)")
     parser.add_argument("--processes", type=int, default=1,
                         help="data-parallel processes, each computing batch/processes crops of every step "
                              "(2 on two cores: 1.8x the steps per hour of one process, docs/training.md)")
-    parser.add_argument("--crop", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--levels", default="all", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim)")
+    parser.add_argument("--crop", type=int, help="training crop size (default: the run's, else 128)")
+    parser.add_argument("--batch", type=int, help="crops per step (default: the run's, else 8)")
+    parser.add_argument("--levels", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim) or 'all' "
+                                         "(default: the run's, else all)")
     parser.add_argument("--cooldown-from", metavar="RUN_DIR",
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
-    parser.add_argument("--eval-every", type=int, default=2000)
+    parser.add_argument("--eval-every", type=int, help="steps between Kodak validations (default: the run's, else 2000)")
     parser.add_argument("--total-steps", type=int,
                         help="step at which the cosine learning-rate schedule reaches its final rate "
-                             "(default: the run's own, from its config.json; a new cooldown branch's source's; "
-                             "else 100000)")
+                             "(default: the run's; a new cooldown branch's source's; else 100000)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--plot", metavar="PNG", help="only plot the run's learning curves to PNG")
     parser.add_argument("--export", type=int, metavar="VERSION", help="only export the run as bundled weights")
@@ -81,15 +74,26 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    levels = tuple(range(16)) if args.levels == "all" else tuple(int(v) for v in args.levels.split(","))
-    run_of_record = args.run_dir if (Path(args.run_dir) / "config.json").exists() else args.cooldown_from or args.run_dir
-    schedule = {"total_steps": args.total_steps or _run_setting(run_of_record, "total_steps", TrainingConfig.total_steps)}
-    config = TrainingConfig(train_dir=args.train_dir, run_dir=args.run_dir, kodak_dir=args.kodak_dir,
-                            n=args.n, m=args.m, crop=args.crop, batch=args.batch, levels=levels, eval_every=args.eval_every,
-                            **schedule)
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
+    given = {"n": args.n, "m": args.m, "crop": args.crop, "batch": args.batch, "levels": _levels(args.levels),
+             "eval_every": args.eval_every, "total_steps": args.total_steps}
+    config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
+                                   **{name: value for name, value in given.items() if value is not None})
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
                     cooldown_steps=args.cooldown_steps, processes=args.processes)
     print(f"run {args.run_dir}: step {trainer.step}, {trainer.skipped} spike steps skipped")
     return 0
+
+
+def _levels(text: str | None) -> tuple[int, ...] | None:
+    from ..cli import UsageError
+
+    if text is None:
+        return None
+    if text == "all":
+        return tuple(range(16))
+    try:
+        return tuple(int(value) for value in text.split(","))
+    except ValueError:
+        raise UsageError(f"--levels takes 'all' or comma-separated level indexes 0-15, not {text!r}") from None
