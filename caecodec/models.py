@@ -60,10 +60,13 @@ class VariableRateFactorizedPrior(nn.Module):
     def levels(self) -> int:
         return len(self.entropy_bottlenecks)
 
-    def forward(self, x: torch.Tensor, level: int) -> dict:
-        """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain."""
+    def forward(self, x: torch.Tensor, level: int, noise: bool | None = None) -> dict:
+        """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain.
+
+        The latent gets uniform noise (`noise`, by default in training mode) or is rounded about the medians."""
         y = self.g_a(x)
-        y_hat, likelihoods = self.entropy_bottlenecks[level](y * torch.exp(self.log_gain[level])[None, :, None, None])
+        gained = y * torch.exp(self.log_gain[level])[None, :, None, None]
+        y_hat, likelihoods = self.entropy_bottlenecks[level](gained, training=noise)
         x_hat = self.g_s(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None])
         return {"x_hat": x_hat, "likelihoods": {"y": likelihoods}, "y": y}
 
