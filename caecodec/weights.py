@@ -74,8 +74,11 @@ def latest_version() -> int:
 def version_card(version: int) -> dict:
     card = manifest()["versions"].get(str(version))
     if card is None:
+        dropped = manifest().get("dropped", {}).get(str(version))
+        remedy = (f"version {version} was {dropped['reason']}; caecodec at commit {dropped['last_bundled_at']} "
+                  "still decodes it" if dropped else "install the caecodec release that wrote it")
         raise WeightsError(f"chunk needs bundled weights version {version}, which this installation lacks "
-                           f"(it has {bundled_versions()}): install the caecodec release that wrote it")
+                           f"(it has {bundled_versions()}): {remedy}")
     return card
 
 

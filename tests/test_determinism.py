@@ -17,7 +17,16 @@ import pytest
 from conftest import ROOT, TINY_CHECKPOINT
 
 FIXTURES = ROOT / "tests" / "fixtures"
-FIXTURE_CONFIGS = sorted(FIXTURES.glob("*/*.json"))
+
+def dropped_versions() -> set[str]:
+    """Provisional bundled versions dropped before the first release: their fixtures must fail, naming them."""
+    from caecodec import weights
+
+    return set(weights.manifest().get("dropped", {}))
+
+
+FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] not in dropped_versions())
+DROPPED_FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] in dropped_versions())
 
 
 def load_fixture_maker():
@@ -59,6 +68,28 @@ def test_reference_chunk_still_decodes_and_reencodes_to_the_same_bytes(config_pa
     # the latent is exact everywhere; the synthesis runs in floats, so another machine may round a pixel differently
     assert np.abs(pixels.astype(int) - reference).max() <= 1
     assert codec.encode(source) == chunk, "re-encoding the reference source no longer gives the committed bytes"
+
+
+@pytest.mark.parametrize("config_path", DROPPED_FIXTURE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_chunk_of_a_dropped_version_fails_naming_that_version(config_path):
+    from caecodec import ConvolutionalAutoencoder
+    from caecodec.bitstream import ChunkError
+
+    version, config = config_path.parent.name[1:], json.loads(config_path.read_text())
+    chunk = config_path.with_suffix(".cae").read_bytes()
+    codec = ConvolutionalAutoencoder(quality=config["quality"], metric=config["metric"], gpu=False)
+    for read in (codec.decode, codec.decode_symbols):
+        with pytest.raises(ChunkError, match=f"chunk needs bundled weights version {version}, which this "
+                                               f"installation lacks .*: version {version} was provisional"):
+            read(chunk)
+
+
+def test_bundle_is_within_40_mb():
+    from caecodec import weights
+
+    files = [weights.BUNDLE_DIR / card["file"] for card in weights.manifest()["versions"].values()]
+    size = sum(path.stat().st_size for path in files) + (weights.BUNDLE_DIR / "manifest.json").stat().st_size
+    assert size <= 40_000_000, f"bundled weights take {size / 1e6:.1f} MB; drop a provisional version"
 
 
 def test_fixture_maker_refuses_to_overwrite(tmp_path):
