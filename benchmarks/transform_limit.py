@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "transform_limit.json")
     args = parser.parse_args()
     if (args.run_dir is None) == (args.version is None):
-        parser.error("give a run folder or --version, not both")
+        parser.error("give exactly one of a run folder and --version")
     torch.manual_seed(0)  # the noise
     if args.version is not None:
         model, source = weights._variable_rate_model(args.version), f"bundled v{args.version}"

@@ -18,6 +18,7 @@ from conftest import ROOT, TINY_CHECKPOINT
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
+
 def dropped_versions() -> set[str]:
     """Provisional bundled versions dropped before the first release: their fixtures must fail, naming them."""
     from caecodec import weights
