@@ -26,8 +26,9 @@ def dropped_versions() -> set[str]:
     return set(weights.manifest().get("dropped", {}))
 
 
-FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] not in dropped_versions())
-DROPPED_FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] in dropped_versions())
+DROPPED = dropped_versions()
+FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] not in DROPPED)
+DROPPED_FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] in DROPPED)
 
 
 def load_fixture_maker():

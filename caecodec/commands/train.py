@@ -88,11 +88,12 @@ def run(args) -> int:
 
 def _levels(text: str | None) -> tuple[int, ...] | None:
     from ..cli import UsageError
+    from ..training import TrainingConfig
 
     if text is None:
         return None
     if text == "all":
-        return tuple(range(16))
+        return TrainingConfig.levels
     try:
         return tuple(int(value) for value in text.split(","))
     except ValueError:
