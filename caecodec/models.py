@@ -64,10 +64,11 @@ class VariableRateFactorizedPrior(nn.Module):
         """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain.
 
         The latent gets uniform noise (`noise`, by default in training mode) or is rounded about the medians."""
-        y = self.g_a(x)
+        y = self.g_a(x).float()  # float32 again when the transforms run under bfloat16 autocast (training)
         gained = y * torch.exp(self.log_gain[level])[None, :, None, None]
-        y_hat, likelihoods = self.entropy_bottlenecks[level](gained, training=noise)
-        x_hat = self.g_s(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None])
+        with torch.autocast(x.device.type, enabled=False):  # the density in float32 always: its likelihoods are the rate
+            y_hat, likelihoods = self.entropy_bottlenecks[level](gained, training=noise)
+        x_hat = self.g_s(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None]).float()
         return {"x_hat": x_hat, "likelihoods": {"y": likelihoods}, "y": y}
 
     def density_bits(self, y: torch.Tensor, level: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -52,11 +52,14 @@ class TrainingConfig:
     seed: int = 0
     msssim_window: int = 7  # 128-pixel crops are too small for 5 scales with the 11-pixel window
     density_batch: int = 2  # crops whose latent also trains the densities of the levels not sampled
+    precision: str = "fp32"  # "bf16": the transforms under bfloat16 autocast (docs/training.md, "Mixed precision")
 
     def __post_init__(self):
         count = len(zoo.METRICS) * len(zoo.QUALITIES)
         if not self.levels or not all(0 <= level < count for level in self.levels):
             raise ValueError(f"levels must be indexes 0-{count - 1} (0-7 mse q1-8, 8-15 ms-ssim), not {self.levels}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         smallest = (self.msssim_window - 1) * 2**4 + 1  # MS-SSIM's 5 scales: 4 halvings, then the window
         if any(zoo.level_configuration(level)[1] == "ms-ssim" for level in self.levels) and self.crop < smallest:
             raise ValueError(f"crop {self.crop} is too small for the ms-ssim levels: MS-SSIM with window "
@@ -85,8 +88,13 @@ class TrainingConfig:
         return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * progress))
 
 
+PRECISIONS = ("fp32", "bf16")
 SCHEDULE_SETTINGS = ("peak_lr", "final_lr", "warmup_steps", "total_steps")
 PLACES = ("run_dir", "kodak_dir", "train_dir")  # where things are, not how a run trains
+
+
+def defaults(dataclass_type) -> dict:
+    return {f.name: f.default for f in fields(dataclass_type) if f.default is not MISSING}
 
 
 def initial_gains(levels) -> list[float]:
@@ -216,7 +224,8 @@ class Trainer:
         self._resume_random_state(state)
         self.lr_scale, self.warmup_start = state["lr_scale"], state["warmup_start"]
         self.cooldown = state.get("cooldown")  # absent from checkpoints written before cooldown branches
-        self.resumed_recipe = state["config"]
+        # a setting added since the checkpoint was written had its default then
+        self.resumed_recipe = {**defaults(TrainingConfig), **state["config"]}
         return True
 
     def recipe_changes(self) -> dict:
@@ -294,7 +303,9 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
         self.model.train()
-        output = self.model(x, level)
+        # the loss (MS-SSIM's variances above all) stays in float32, outside the autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            output = self.model(x, level)
         loss, bpp, mse = rate_distortion_loss(output, x, level, config.msssim_window)
         sample = output["y"][: max(1, config.density_batch // world)]
         pixels = sample.shape[0] * x.shape[2] * x.shape[3]

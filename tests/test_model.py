@@ -107,3 +107,18 @@ def test_exported_level_computes_the_variable_rate_network():
         for level in range(2):
             exported = network.export(level)
             np.testing.assert_allclose(exported(x)["x_hat"].numpy(), network(x, level)["x_hat"].numpy(), atol=1e-5)
+
+
+def test_under_bfloat16_autocast_only_the_transforms_round():
+    """Mixed-precision training: the density and its likelihoods (the rate) stay float32."""
+    torch.manual_seed(0)
+    network = VariableRateFactorizedPrior(8, 12, [0.5, 2.0]).eval()
+    x = torch.rand(1, 3, 32, 48)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = network(x, 1)
+    with torch.no_grad():
+        assert mixed["y"].dtype == mixed["x_hat"].dtype == mixed["likelihoods"]["y"].dtype == torch.float32
+        gained = mixed["y"] * torch.exp(network.log_gain[1])[None, :, None, None]
+        _, likelihoods = network.entropy_bottlenecks[1](gained)
+        assert torch.equal(mixed["likelihoods"]["y"], likelihoods)
+        assert not torch.equal(mixed["y"], network(x, 1)["y"])  # the analysis did run in bfloat16

@@ -40,16 +40,38 @@ def model_state(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
 
 
-def test_resume_is_exact(tmp_path, photos):
-    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "straight", "--steps", 4, *TINY, cwd=tmp_path)
-    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 3, *TINY, cwd=tmp_path)
-    out = caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 1, *TINY, cwd=tmp_path)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_resume_is_exact(tmp_path, photos, precision):
+    tiny = [*TINY, "--precision", precision]
+    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "straight", "--steps", 4, *tiny, cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 3, *tiny, cwd=tmp_path)
+    out = caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / "resumed", "--steps", 1, cwd=tmp_path,
+                   *TINY)  # the precision is the run's own
     assert "step 4" in out
     straight, resumed = model_state(tmp_path / "straight"), model_state(tmp_path / "resumed")
     assert straight.keys() == resumed.keys()
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     steps = (tmp_path / "resumed" / "steps.csv").read_text().splitlines()
     assert len(steps) == 1 + 4 and steps[0].startswith("step,level,loss,bpp,psnr")
+
+
+def test_bf16_run_differs_from_fp32_and_a_switch_is_logged(tmp_path, photos):
+    """Mixed precision really changes the arithmetic; switching a run to it is a recipe change on record,
+    also for a checkpoint written before the setting existed (which trained in float32)."""
+    for precision in ("fp32", "bf16"):
+        caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / precision, "--steps", 2, *TINY,
+                 "--precision", precision, cwd=tmp_path)
+    fp32, bf16 = model_state(tmp_path / "fp32"), model_state(tmp_path / "bf16")
+    assert not torch.equal(fp32["g_s.0.weight"], bf16["g_s.0.weight"])
+    assert torch.allclose(fp32["g_s.0.weight"], bf16["g_s.0.weight"], atol=1e-3)  # the same two steps, nearly
+    run = tmp_path / "fp32"
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    del checkpoint["config"]["precision"]
+    torch.save(checkpoint, run / "checkpoint.pt")
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, "--precision", "bf16", cwd=tmp_path)
+    with (run / "events.csv").open() as handle:
+        assert [row["event"] for row in csv.DictReader(handle)] == [
+            "resumed with changed settings {'precision': ['fp32', 'bf16']}"]
 
 
 def test_export_and_plot(tmp_path, photos):
@@ -168,6 +190,7 @@ def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, phot
     (["--processes", "0"], "batch 2 does not split evenly over 0 processes"),
     (["--crop", "64"], "crop 64 is too small for the ms-ssim levels: MS-SSIM with window 7 needs crops of at least 97"),
     (["--levels", "0,16"], "levels must be indexes 0-15 (0-7 mse q1-8, 8-15 ms-ssim), not (0, 16)"),
+    (["--precision", "fp16"], "precision must be one of fp32, bf16, not 'fp16'"),
     (["--levels", "mse"], "--levels takes 'all' or comma-separated level indexes 0-15, not 'mse'"),
 ])
 def test_bad_training_settings_are_one_line(tmp_path, photos, arguments, message):
