@@ -76,13 +76,14 @@ def test_bf16_run_differs_from_fp32_and_a_switch_is_logged(tmp_path, photos):
 
 def test_export_and_plot(tmp_path, photos):
     run = tmp_path / "run"
-    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, "--precision", "bf16", cwd=tmp_path)
     caecodec("train", "--run-dir", run, "--plot", tmp_path / "curves.png", cwd=tmp_path)
     assert Image.open(tmp_path / "curves.png").size[0] > 500
     bundle = tmp_path / "bundle"
     out = caecodec("train", "--run-dir", run, "--export", 7, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
     assert "version 7" in out
     card = json.loads((bundle / "manifest.json").read_text())["versions"]["7"]
+    assert card["steps"] == 2 and card["recipe"]["precision"] == "bf16"  # the card names how it was trained
     trained, _ = load_checkpoint_model(run)
     trained_aux = sum(float(trained.aux_loss(level).detach()) for level in range(16))
     assert card["aux_loss_after_quantile_fit"] < 0.9 * trained_aux  # the tables' ranges fitted at export
