@@ -61,7 +61,7 @@ class Level:
         self.lam = zoo.level_lambda(level)
 
     def gained_latent(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model.g_a(x) * torch.exp(self.model.log_gain[self.level])[None, :, None, None]).detach()
+        return (self.model.analysis(self.level)(x) * torch.exp(self.model.log_gain[self.level])[None, :, None, None]).detach()
 
     def rounded(self, z: torch.Tensor) -> torch.Tensor:
         return torch.round(z - self.medians) + self.medians

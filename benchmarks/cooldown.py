@@ -41,7 +41,7 @@ def unquantized_psnr(model, level: int, images: list[np.ndarray]) -> float:
     for image in images:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
         scale = torch.exp(model.log_gain[level] + model.log_inverse_gain[level])[None, :, None, None]
-        decoded = model.g_s(model.g_a(x) * scale).clamp(0, 1)
+        decoded = model.g_s(model.analysis(level)(x) * scale).clamp(0, 1)
         values.append(psnr(image, (decoded[0].permute(1, 2, 0) * 255).round().byte().numpy()))
     return float(np.mean(values))
 

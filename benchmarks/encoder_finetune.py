@@ -41,15 +41,22 @@ def parse_levels(text: str) -> list[int]:
     return list(range(len(zoo.METRICS) * len(zoo.QUALITIES))) if text == "all" else [level_of(n) for n in text.split(",")]
 
 
+def analysis_parameters(model, levels: list[int]) -> list[torch.nn.Parameter]:
+    """The parameters of the analysis transforms the trained levels use."""
+    encoders = {id(model.analysis(level)): model.analysis(level) for level in levels}.values()
+    return [parameter for encoder in encoders for parameter in encoder.parameters()]
+
+
 def encoder_parameters(model, levels: list[int]) -> list[torch.nn.Parameter]:
     """Freeze everything but the analysis transform; of the gains, only the trained levels' rows move."""
     model.requires_grad_(False)
-    model.g_a.requires_grad_(True)
-    model.log_gain.requires_grad_(True)
+    analysis = analysis_parameters(model, levels)
+    for parameter in [*analysis, model.log_gain]:
+        parameter.requires_grad_(True)
     frozen = torch.ones(model.levels, 1)
     frozen[levels] = 0
     model.log_gain.register_hook(lambda grad: grad.masked_fill(frozen.bool(), 0))
-    return [*model.g_a.parameters(), model.log_gain]
+    return [*analysis, model.log_gain]
 
 
 def measure_levels(model, levels: list[int], images: list[np.ndarray]) -> dict:
@@ -103,7 +110,7 @@ def main() -> None:
         mean = loss_mean.get(level, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         (loss / mean).backward()
-        torch.nn.utils.clip_grad_norm_(model.g_a.parameters(), config.clip_norm)
+        torch.nn.utils.clip_grad_norm_(analysis_parameters(model, list(config.levels)), config.clip_norm)
         optimizer.step()
         loss_mean[level] = 0.99 * mean + 0.01 * float(loss.detach())
         if step % args.eval_every == 0 or step == args.steps:

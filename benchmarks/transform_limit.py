@@ -38,7 +38,7 @@ def level_limits(model, level: int, images: list[np.ndarray]) -> dict:
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
         pixels = x.shape[2] * x.shape[3]
         untouched = torch.exp(model.log_gain[level] + model.log_inverse_gain[level])[None, :, None, None]
-        row = {"unquantized_psnr": psnr(x, model.g_s(model.g_a(x) * untouched))}
+        row = {"unquantized_psnr": psnr(x, model.g_s(model.analysis(level)(x) * untouched))}
         for name, noise in (("noise", True), ("rounded", False)):
             output = model(x, level, noise=noise)
             row[f"{name}_psnr"] = psnr(x, output["x_hat"])

@@ -46,7 +46,11 @@ class FactorizedPrior(nn.Module):
 
 
 class VariableRateFactorizedPrior(nn.Module):
-    def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,)):
+    """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
+    `g_a_ms_ssim`; the synthesis stays shared. Registered last, so that a network split from a shared-encoder
+    one keeps the order, and the optimizer state, of every parameter it had."""
+
+    def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,), metric_encoders: bool = False):
         super().__init__()
         self.n, self.m = n, m
         self.g_a = analysis_transform(n, m)
@@ -55,16 +59,34 @@ class VariableRateFactorizedPrior(nn.Module):
         self.log_gain = nn.Parameter(log_gains.clone())
         self.log_inverse_gain = nn.Parameter(-log_gains.clone())
         self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(m) for _ in initial_gains)
+        if metric_encoders:
+            if len(initial_gains) % 2:
+                raise ValueError(f"metric encoders need an mse and an ms-ssim half of the levels, not {len(initial_gains)}")
+            self.g_a_ms_ssim = analysis_transform(n, m)
 
     @property
     def levels(self) -> int:
         return len(self.entropy_bottlenecks)
 
+    @property
+    def metric_encoders(self) -> bool:
+        return hasattr(self, "g_a_ms_ssim")
+
+    def analysis(self, level: int) -> nn.Module:
+        """The analysis transform of `level`: the ms-ssim levels' own, with metric encoders."""
+        return self.g_a_ms_ssim if self.metric_encoders and level >= self.levels // 2 else self.g_a
+
+    @torch.no_grad()
+    def split_encoders(self) -> None:
+        """Give the ms-ssim levels their own analysis transform, starting as a copy of the shared one."""
+        if not self.metric_encoders:
+            self.g_a_ms_ssim = copy.deepcopy(self.g_a)
+
     def forward(self, x: torch.Tensor, level: int, noise: bool | None = None) -> dict:
         """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain.
 
         The latent gets uniform noise (`noise`, by default in training mode) or is rounded about the medians."""
-        y = self.g_a(x).float()  # float32 again when the transforms run under bfloat16 autocast (training)
+        y = self.analysis(level)(x).float()  # float32 again when the transforms run under bfloat16 autocast (training)
         gained = y * torch.exp(self.log_gain[level])[None, :, None, None]
         with torch.autocast(x.device.type, enabled=False):  # the density in float32 always: its likelihoods are the rate
             y_hat, likelihoods = self.entropy_bottlenecks[level](gained, training=noise)
@@ -87,7 +109,7 @@ class VariableRateFactorizedPrior(nn.Module):
     def export(self, level: int) -> FactorizedPrior:
         """The plain FactorizedPrior computing exactly this level, with its CDF tables."""
         model = FactorizedPrior(self.n, self.m)
-        model.g_a = copy.deepcopy(self.g_a)
+        model.g_a = copy.deepcopy(self.analysis(level))
         model.g_s = copy.deepcopy(self.g_s)
         gain = torch.exp(self.log_gain[level])
         inverse_gain = torch.exp(self.log_inverse_gain[level])

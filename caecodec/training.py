@@ -53,6 +53,7 @@ class TrainingConfig:
     msssim_window: int = 7  # 128-pixel crops are too small for 5 scales with the 11-pixel window
     density_batch: int = 2  # crops whose latent also trains the densities of the levels not sampled
     precision: str = "fp32"  # "bf16": the transforms under bfloat16 autocast (docs/training.md, "Mixed precision")
+    metric_encoders: bool = False  # an analysis transform per metric (docs/training.md, "Sharing the analysis transform")
 
     def __post_init__(self):
         count = len(zoo.METRICS) * len(zoo.QUALITIES)
@@ -157,11 +158,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
         all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
-        self.model = VariableRateFactorizedPrior(config.n, config.m, initial_gains(all_levels))
-        self.main_parameters = [p for name, p in self.model.named_parameters() if not name.endswith("quantiles")]
-        aux = [p for name, p in self.model.named_parameters() if name.endswith("quantiles")]
-        self.optimizer = torch.optim.Adam(self.main_parameters, lr=config.peak_lr)
-        self.aux_optimizer = torch.optim.Adam(aux, lr=config.aux_lr)
+        self.model = VariableRateFactorizedPrior(config.n, config.m, initial_gains(all_levels), config.metric_encoders)
+        self._make_optimizers()
         # the leader's generator draws levels and its crops; each other replica draws its own crops and noise
         self.generator = np.random.default_rng(config.seed if self.replicas.leader else [config.seed, self.replicas.rank])
         if not self.replicas.leader:
@@ -173,6 +171,13 @@ class Trainer:
         self.warmup_start = 0  # step of the last (re)start from weights without optimizer state
         self.cooldown = None  # {"start", "steps", "lr"} in a cooldown branch, see branch_from
         self.resumed_recipe = asdict(config)  # the config of the checkpoint resumed from
+
+    def _make_optimizers(self) -> None:
+        main = [(name, p) for name, p in self.model.named_parameters() if not name.endswith("quantiles")]
+        self.main_names, self.main_parameters = [name for name, _ in main], [p for _, p in main]
+        aux = [p for name, p in self.model.named_parameters() if name.endswith("quantiles")]
+        self.optimizer = torch.optim.Adam(self.main_parameters, lr=self.config.peak_lr)
+        self.aux_optimizer = torch.optim.Adam(aux, lr=self.config.aux_lr)
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -217,8 +222,15 @@ class Trainer:
         if recorded != {"n": self.config.n, "m": self.config.m}:
             raise ValueError(f"{path} holds a network with {recorded}, not the n={self.config.n}, "
                              f"m={self.config.m} this run was given")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        split = self.model.metric_encoders and "g_a_ms_ssim.0.weight" not in state["model"]
+        if not split and self.model.metric_encoders != ("g_a_ms_ssim.0.weight" in state["model"]):
+            raise ValueError(f"{path} holds an analysis transform per metric: a run cannot merge them again")
+        missing, _ = self.model.load_state_dict(state["model"], strict=not split)
+        if any(not key.startswith("g_a_ms_ssim.") for key in missing):
+            raise ValueError(f"{path} lacks {[k for k in missing if not k.startswith('g_a_ms_ssim.')]}")
+        self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
+        if split:
+            self.model.g_a_ms_ssim.load_state_dict(self.model.g_a.state_dict())
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
         self._resume_random_state(state)
@@ -268,6 +280,10 @@ class Trainer:
         bundled = weights._variable_rate_model(version)
         tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
+        if bundled.metric_encoders and not self.model.metric_encoders:
+            self.config = replace(self.config, metric_encoders=True)
+            self.model.split_encoders()
+            self._make_optimizers()
         self.model.load_state_dict(state, strict=False)
         self.step = self.warmup_start = int(card["steps"])
 
@@ -309,7 +325,9 @@ class Trainer:
         loss, bpp, mse = rate_distortion_loss(output, x, level, config.msssim_window)
         sample = output["y"][: max(1, config.density_batch // world)]
         pixels = sample.shape[0] * x.shape[2] * x.shape[3]
-        density_bpp = sum(self.model.density_bits(sample, other) for other in config.levels if other != level) / pixels
+        encoder = self.model.analysis(level)  # the latent only trains the densities of levels that share it
+        density_bpp = sum(self.model.density_bits(sample, other) for other in config.levels
+                          if other != level and self.model.analysis(other) is encoder) / pixels
         # statistics of the whole batch, the same in every replica: so are the skip decisions below
         value, batch_bpp, batch_mse = self.replicas.mean([float(t.detach()) for t in (loss, bpp, mse)])
         mean = self.loss_mean.get(level, value)
@@ -353,6 +371,18 @@ class Trainer:
             result = mean_of(sum(self.replicas.gather([measure(model, image) for image in mine]), [])).as_dict()
             rows.append({"step": self.step, "quality": quality, "metric": metric, "images": len(images), **result})
         return rows
+
+
+def split_optimizer_state(state: dict, names: list[str]) -> dict:
+    """A shared-encoder run's Adam state for the same network split into metric encoders (`names`: its main
+    parameters in the optimizer's order). The new encoder's parameters come last (see VariableRateFactorizedPrior),
+    so every other parameter keeps its index, and they start with the shared encoder's moments."""
+    index = {name: i for i, name in enumerate(names)}
+    copies = {index[name]: index[name.replace("g_a_ms_ssim.", "g_a.", 1)] for name in names if name.startswith("g_a_ms_ssim.")}
+    moments = {new: {k: v.clone() for k, v in state["state"][old].items()}
+               for new, old in copies.items() if old in state["state"]}
+    group = {**state["param_groups"][0], "params": list(range(len(names)))}
+    return {"state": {**state["state"], **moments}, "param_groups": [group]}
 
 
 def kodak_images(folder: str | None, count: int) -> list[np.ndarray]:
@@ -473,7 +503,8 @@ def load_checkpoint_model(run_dir: str | Path) -> tuple[VariableRateFactorizedPr
     """The network of a training run's checkpoint, and the checkpoint (step, cooldown, ...)."""
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
     config = state["config"]
-    model = VariableRateFactorizedPrior(config["n"], config["m"], [1.0] * state["model"]["log_gain"].shape[0])
+    model = VariableRateFactorizedPrior(config["n"], config["m"], [1.0] * state["model"]["log_gain"].shape[0],
+                                        "g_a_ms_ssim.0.weight" in state["model"])
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -511,8 +542,9 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
     weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
     card = {
         "file": path.name, "sha256": weights.sha256_file(path), "n": model.n, "m": model.m,
-        "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior "
-        "(shared transforms, per-level channel gains and densities), transforms stored in fp16",
+        "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior ("
+        + ("an analysis transform per metric, a shared synthesis" if model.metric_encoders else "shared transforms")
+        + ", per-level channel gains and densities), transforms stored in fp16",
         "training_data": "shared/data/train (775 photos: BSDS500, ImageNet samples, Sun-Hays80)",
         "recipe": {k: config[k] for k in ("crop", "batch", "min_scale", "peak_lr", "final_lr", "warmup_steps",
                                           "total_steps", "mse_share", "msssim_window")}

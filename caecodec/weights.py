@@ -101,12 +101,15 @@ def variable_rate_from_tensors(tensors: dict, n: int, m: int):
     from .models import VariableRateFactorizedPrior
 
     levels = tensors["log_gain"].shape[0]
-    model = VariableRateFactorizedPrior(n, m, [1.0] * levels)
+    model = VariableRateFactorizedPrior(n, m, [1.0] * levels, metric_encoders="g_a_ms_ssim.0.weight" in tensors)
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
         for name in ("_quantized_cdf", "_offset", "_cdf_length"):
             getattr(bottleneck, name).resize_(tensors[f"entropy_bottlenecks.{level}.{name}"].shape)
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()})
     return model.eval()
+
+
+TRANSFORMS = ("g_a.", "g_a_ms_ssim.", "g_s.")  # stored in fp16
 
 
 def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:
@@ -120,12 +123,12 @@ def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:
     model = model.eval()
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
-            if name.startswith(("g_a.", "g_s.")) and tensor.is_floating_point():
+            if name.startswith(TRANSFORMS) and tensor.is_floating_point():
                 tensor.copy_(tensor.half().float())
         for bottleneck in model.entropy_bottlenecks:
             bottleneck.update()
     tensors = {
-        name: (t.half() if name.startswith(("g_a.", "g_s.")) and t.is_floating_point() else t).contiguous()
+        name: (t.half() if name.startswith(TRANSFORMS) and t.is_floating_point() else t).contiguous()
         for name, t in model.state_dict().items()
     }
     save_file(tensors, str(path), metadata=metadata)

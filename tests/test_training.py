@@ -273,3 +273,50 @@ def test_resume_with_another_architecture_names_both(tmp_path, photos):
     assert result.stderr.strip().splitlines() == [
         f"caecodec train: error: {run / 'checkpoint.pt'} holds a network with {{'n': 8, 'm': 8}}, "
         "not the n=16, m=8 this run was given"]
+
+
+def test_a_run_splits_its_encoder_per_metric_and_resumes_exactly(tmp_path, photos):
+    """`--metric-encoders` on a shared-encoder run gives the ms-ssim levels a copy of the encoder, with its Adam
+    moments, logs the change, trains the two apart, and resumes exactly; the bundle stores both encoders."""
+    common = ["--train-dir", photos, *TINY, "--levels", "0,8"]
+    shared = tmp_path / "shared"
+    caecodec("train", *common, "--run-dir", shared, "--steps", 2, cwd=tmp_path)
+    for name in ("straight", "resumed"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "checkpoint.pt").write_bytes((shared / "checkpoint.pt").read_bytes())
+    caecodec("train", *common, "--run-dir", tmp_path / "resumed", "--steps", 0, "--metric-encoders", cwd=tmp_path)
+    checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    state, moments = checkpoint["model"], checkpoint["optimizer"]["state"]
+    names = [k for k in state if k.startswith("g_a.")]
+    assert all(torch.equal(state[k], state[k.replace("g_a.", "g_a_ms_ssim.")]) for k in names)
+    order = [n for n, _ in VariableRateFactorizedPrior(8, 8, [1.0] * 16, True).named_parameters() if "quantiles" not in n]
+    assert torch.equal(moments[order.index("g_a_ms_ssim.2.weight")]["exp_avg_sq"],
+                       moments[order.index("g_a.2.weight")]["exp_avg_sq"])
+    caecodec("train", *common, "--run-dir", tmp_path / "resumed", "--steps", 3, cwd=tmp_path)  # the run's own now
+    caecodec("train", *common, "--run-dir", tmp_path / "straight", "--steps", 3, "--metric-encoders", cwd=tmp_path)
+    straight, resumed = model_state(tmp_path / "straight"), model_state(tmp_path / "resumed")
+    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert not torch.equal(resumed["g_a.0.weight"], resumed["g_a_ms_ssim.0.weight"])
+    with (tmp_path / "straight" / "events.csv").open() as handle:
+        assert [row["event"] for row in csv.DictReader(handle)] == [
+            "resumed with changed settings {'metric_encoders': [False, True]}"]
+    bundle = tmp_path / "bundle"
+    caecodec("train", "--run-dir", tmp_path / "straight", "--export", 9, "--bundle-dir", bundle, "--kodak-dir", "",
+             cwd=tmp_path)
+    from safetensors.torch import load_file
+
+    tensors = load_file(bundle / "v9.safetensors")
+    assert tensors["g_a_ms_ssim.0.weight"].dtype == torch.float16
+    model = weights.variable_rate_from_tensors(tensors, 8, 8)
+    assert torch.equal(model.export(8).g_a[0].weight, model.g_a_ms_ssim[0].weight)
+    assert torch.equal(model.export(0).g_a[0].weight, model.g_a[0].weight)
+    assert "an analysis transform per metric" in json.loads((bundle / "manifest.json").read_text())["versions"]["9"][
+        "architecture"]
+
+
+def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, "--metric-encoders", cwd=tmp_path)
+    trainer = Trainer(TrainingConfig(train_dir=str(photos), run_dir=str(run), **TINY_CONFIG))
+    with pytest.raises(ValueError, match="analysis transform per metric: a run cannot merge them"):
+        trainer.resume()
