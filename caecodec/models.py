@@ -45,6 +45,11 @@ class FactorizedPrior(nn.Module):
         return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": likelihoods}}
 
 
+def holds_metric_encoders(state: dict) -> bool:
+    """Whether a VariableRateFactorizedPrior's state dict (or bundle) has an analysis transform per metric."""
+    return "g_a_ms_ssim.0.weight" in state
+
+
 class VariableRateFactorizedPrior(nn.Module):
     """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
     `g_a_ms_ssim`; the synthesis stays shared. Registered last, so that a network split from a shared-encoder

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from . import zoo
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import VariableRateFactorizedPrior
+from .models import VariableRateFactorizedPrior, holds_metric_encoders
 from .parallel import Replicas
 
 
@@ -222,12 +222,12 @@ class Trainer:
         if recorded != {"n": self.config.n, "m": self.config.m}:
             raise ValueError(f"{path} holds a network with {recorded}, not the n={self.config.n}, "
                              f"m={self.config.m} this run was given")
-        split = self.model.metric_encoders and "g_a_ms_ssim.0.weight" not in state["model"]
-        if not split and self.model.metric_encoders != ("g_a_ms_ssim.0.weight" in state["model"]):
+        split = self.model.metric_encoders and not holds_metric_encoders(state["model"])
+        if not split and self.model.metric_encoders != holds_metric_encoders(state["model"]):
             raise ValueError(f"{path} holds an analysis transform per metric: a run cannot merge them again")
         missing, _ = self.model.load_state_dict(state["model"], strict=not split)
-        if any(not key.startswith("g_a_ms_ssim.") for key in missing):
-            raise ValueError(f"{path} lacks {[k for k in missing if not k.startswith('g_a_ms_ssim.')]}")
+        if lacking := [key for key in missing if not key.startswith("g_a_ms_ssim.")]:
+            raise ValueError(f"{path} lacks {lacking}")
         self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
         if split:
             self.model.g_a_ms_ssim.load_state_dict(self.model.g_a.state_dict())
@@ -504,7 +504,7 @@ def load_checkpoint_model(run_dir: str | Path) -> tuple[VariableRateFactorizedPr
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
     config = state["config"]
     model = VariableRateFactorizedPrior(config["n"], config["m"], [1.0] * state["model"]["log_gain"].shape[0],
-                                        "g_a_ms_ssim.0.weight" in state["model"])
+                                        holds_metric_encoders(state["model"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
 

@@ -98,10 +98,10 @@ def _variable_rate_model(version: int):
 
 
 def variable_rate_from_tensors(tensors: dict, n: int, m: int):
-    from .models import VariableRateFactorizedPrior
+    from .models import VariableRateFactorizedPrior, holds_metric_encoders
 
     levels = tensors["log_gain"].shape[0]
-    model = VariableRateFactorizedPrior(n, m, [1.0] * levels, metric_encoders="g_a_ms_ssim.0.weight" in tensors)
+    model = VariableRateFactorizedPrior(n, m, [1.0] * levels, metric_encoders=holds_metric_encoders(tensors))
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
         for name in ("_quantized_cdf", "_offset", "_cdf_length"):
             getattr(bottleneck, name).resize_(tensors[f"entropy_bottlenecks.{level}.{name}"].shape)
