@@ -26,7 +26,7 @@ import torch
 
 from caecodec import weights, zoo
 from caecodec.evaluation import mean_measurement
-from caecodec.training import CropSampler, TrainingConfig, kodak_images, rate_distortion_loss
+from caecodec.training import CropSampler, TrainingConfig, kodak_images, level_shares, rate_distortion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -96,10 +96,10 @@ def main() -> None:
     measured = [level_of(name) for name in args.measure.split(",")]
     history = {0: measure_levels(model.eval(), measured, images)}
     report(0, history[0])
-    shares = np.array([config.mse_share if level < 8 else 1 - config.mse_share for level in config.levels])
+    shares = level_shares(config.levels, config.mse_share)
     loss_mean, started = {}, time.perf_counter()
     for step in range(1, args.steps + 1):
-        level = int(config.levels[generator.choice(len(config.levels), p=shares / shares.sum())])
+        level = int(config.levels[generator.choice(len(config.levels), p=shares)])
         x = sampler.sample(generator, config.batch)
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 1) / args.steps)))

@@ -223,7 +223,7 @@ class Trainer:
             raise ValueError(f"{path} holds a network with {recorded}, not the n={self.config.n}, "
                              f"m={self.config.m} this run was given")
         split = self.model.metric_encoders and not holds_metric_encoders(state["model"])
-        if not split and self.model.metric_encoders != holds_metric_encoders(state["model"]):
+        if holds_metric_encoders(state["model"]) and not self.model.metric_encoders:
             raise ValueError(f"{path} holds an analysis transform per metric: a run cannot merge them again")
         missing, _ = self.model.load_state_dict(state["model"], strict=not split)
         if lacking := [key for key in missing if not key.startswith("g_a_ms_ssim.")]:
@@ -308,8 +308,7 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------------
     def choose_level(self) -> int:
         levels = self.config.levels
-        weights = np.array([self.config.mse_share if l < 8 else 1 - self.config.mse_share for l in levels])
-        return int(levels[self.generator.choice(len(levels), p=weights / weights.sum())])
+        return int(levels[self.generator.choice(len(levels), p=level_shares(levels, self.config.mse_share))])
 
     def train_step(self, sampler: CropSampler) -> dict:
         config = self.config
@@ -371,6 +370,12 @@ class Trainer:
             result = mean_of(sum(self.replicas.gather([measure(model, image) for image in mine]), [])).as_dict()
             rows.append({"step": self.step, "quality": quality, "metric": metric, "images": len(images), **result})
         return rows
+
+
+def level_shares(levels, mse_share: float) -> np.ndarray:
+    """How often each of `levels` is trained: the mse levels share `mse_share` of the steps, the ms-ssim levels the rest."""
+    weights = np.array([mse_share if level < 8 else 1 - mse_share for level in levels])
+    return weights / weights.sum()
 
 
 def split_optimizer_state(state: dict, names: list[str]) -> dict:
