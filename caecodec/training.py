@@ -82,11 +82,12 @@ class TrainingConfig:
         return cls(**{**recipe, **settings, "run_dir": str(run_dir)})
 
     def lr(self, step: int, start: int = 0) -> float:
-        """Learning rate at `step`, warming up again from `start` (the step a run was started or restarted at)."""
-        if step - start < self.warmup_steps:
-            return self.peak_lr * (step - start + 1) / self.warmup_steps
-        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
-        return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * progress))
+        """Learning rate at `step`: the cosine schedule, ramped up linearly over the warm-up steps after `start`
+        (the step a run was started or restarted at with a fresh optimizer: a restart warms up to the schedule's
+        rate at that step, not to the peak)."""
+        progress = min(1.0, max(0.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps)))
+        scheduled = self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * progress))
+        return scheduled * min(1.0, (step - start + 1) / self.warmup_steps)
 
 
 PRECISIONS = ("fp32", "bf16")
@@ -278,12 +279,15 @@ class Trainer:
 
         card = weights.version_card(version)
         bundled = weights._variable_rate_model(version)
-        tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
-        state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
         if bundled.metric_encoders and not self.model.metric_encoders:
             self.config = replace(self.config, metric_encoders=True)
             self.model.split_encoders()
             self._make_optimizers()
+        tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
+        state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
+        if self.model.metric_encoders and not bundled.metric_encoders:
+            # a run asking for an encoder per metric starts both from the bundle's one
+            state |= {f"g_a_ms_ssim.{k}": v for k, v in bundled.g_a.state_dict().items()}
         self.model.load_state_dict(state, strict=False)
         self.step = self.warmup_start = int(card["steps"])
 

@@ -320,3 +320,28 @@ def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
     trainer = Trainer(TrainingConfig(train_dir=str(photos), run_dir=str(run), **TINY_CONFIG))
     with pytest.raises(ValueError, match="analysis transform per metric: a run cannot merge them"):
         trainer.resume()
+
+
+def test_a_run_without_state_starts_from_the_bundle_and_can_split_its_encoder(tmp_path, photos):
+    """Run state lost (a new machine): the run starts from the newest bundled weights at their step; asked for an
+    encoder per metric, both encoders start as the bundle's one."""
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 0, "--metric-encoders", "--threads", "1",
+             "--quiet", "--kodak-dir", "", cwd=tmp_path)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    version = weights.latest_version()
+    assert checkpoint["step"] == weights.version_card(version)["steps"]
+    bundled = weights._variable_rate_model(version).state_dict()
+    state = checkpoint["model"]
+    names = [k for k in bundled if k.startswith("g_a.")]
+    assert all(torch.equal(state[k], bundled[k]) for k in names)
+    assert all(torch.equal(state[k.replace("g_a.", "g_a_ms_ssim.")], bundled[k]) for k in names)
+
+
+def test_a_restart_warms_up_to_the_schedules_rate_not_the_peak():
+    config = TrainingConfig(train_dir="", run_dir="", total_steps=70_000)
+    start = 60_000
+    ramp = [config.lr(step, start) for step in range(start, start + config.warmup_steps)]
+    assert ramp == sorted(ramp) and ramp[-1] == config.lr(start + config.warmup_steps - 1)
+    assert max(ramp) < config.peak_lr / 4
+    assert config.lr(0) == config.peak_lr / config.warmup_steps and config.lr(config.warmup_steps - 1) == config.peak_lr
