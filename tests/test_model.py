@@ -122,3 +122,24 @@ def test_under_bfloat16_autocast_only_the_transforms_round():
         _, likelihoods = network.entropy_bottlenecks[1](gained)
         assert torch.equal(mixed["likelihoods"]["y"], likelihoods)
         assert not torch.equal(mixed["y"], network(x, 1)["y"])  # the analysis did run in bfloat16
+
+
+def test_a_bin_centred_on_a_symmetric_density_keeps_its_mass():
+    """With zero biases the density's cumulative logits are an odd function: the bin around 0 has
+    lower + upper == 0 exactly. It must get its probability (CompressAI's sign trick gives it none, and the
+    table built from that codes the channel's commonest symbol at 16 bits, seen in version 8's first export)."""
+    from caecodec.entropy_models import EntropyBottleneck
+
+    density = EntropyBottleneck(1)
+    with torch.no_grad():
+        for bias in density.biases:
+            bias.zero_()
+        for matrix in density.matrices:
+            matrix.fill_(2.0)  # a steep cumulative: most of the mass within half a bin of the median
+        density.quantiles.copy_(torch.tensor([[[-2.0, 0.0, 2.0]]]))
+    likelihood, lower, upper = density._likelihood(torch.tensor([[[0.0]]]), stop_gradient=True)
+    assert float(lower + upper) == 0.0
+    assert float(likelihood) == pytest.approx(float(torch.sigmoid(upper) - torch.sigmoid(lower)))
+    tables = density.update()
+    widths = np.diff(tables.quantized_cdf[0, : tables.cdf_length[0]])
+    assert widths.argmax() == -tables.offset[0], f"the median's symbol has {widths} of the table"
