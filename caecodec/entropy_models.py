@@ -68,8 +68,9 @@ class EntropyBottleneck(nn.Module):
         lower = self._logits_cumulative(values - 0.5, stop_gradient)
         upper = self._logits_cumulative(values + 0.5, stop_gradient)
         # Evaluate on the side of the median where the sigmoids are far from 1, for precision in the tails.
-        # A bin centred exactly on a symmetric density's median has lower + upper == 0; its sign must not be 0
-        # (CompressAI's sign there gives the bin likelihood 0, and a table built from it all but no mass).
+        # A bin centred exactly on a symmetric density's median has lower + upper == 0, where CompressAI's
+        # -sign(lower + upper) is 0 and makes the bin's likelihood 0 (its table then gives the bin the least mass
+        # there is): either side is exact there.
         sign = torch.where(lower + upper > 0, -1.0, 1.0).detach()
         likelihood = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
         return likelihood, lower, upper
