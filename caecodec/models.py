@@ -50,6 +50,12 @@ def holds_metric_encoders(state: dict) -> bool:
     return "g_a_ms_ssim.0.weight" in state
 
 
+def with_metric_encoders(state: dict) -> dict:
+    """A one-encoder VariableRateFactorizedPrior state dict as one with an analysis transform per metric:
+    the ms-ssim levels' encoder starts as a copy of the shared one."""
+    return state | {f"g_a_ms_ssim.{k[len('g_a.'):]}": v.clone() for k, v in state.items() if k.startswith("g_a.")}
+
+
 class VariableRateFactorizedPrior(nn.Module):
     """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
     `g_a_ms_ssim`; the synthesis stays shared. Registered last, so that a network split from a shared-encoder

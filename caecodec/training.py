@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from . import zoo
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import VariableRateFactorizedPrior, holds_metric_encoders
+from .models import VariableRateFactorizedPrior, holds_metric_encoders, with_metric_encoders
 from .parallel import Replicas
 
 
@@ -226,12 +226,8 @@ class Trainer:
         split = self.model.metric_encoders and not holds_metric_encoders(state["model"])
         if holds_metric_encoders(state["model"]) and not self.model.metric_encoders:
             raise ValueError(f"{path} holds an analysis transform per metric: a run cannot merge them again")
-        missing, _ = self.model.load_state_dict(state["model"], strict=not split)
-        if lacking := [key for key in missing if not key.startswith("g_a_ms_ssim.")]:
-            raise ValueError(f"{path} lacks {lacking}")
+        self.model.load_state_dict(with_metric_encoders(state["model"]) if split else state["model"])
         self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
-        if split:
-            self.model.g_a_ms_ssim.load_state_dict(self.model.g_a.state_dict())
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
         self._resume_random_state(state)
@@ -286,8 +282,7 @@ class Trainer:
         tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
         if self.model.metric_encoders and not bundled.metric_encoders:
-            # a run asking for an encoder per metric starts both from the bundle's one
-            state |= {f"g_a_ms_ssim.{k}": v for k, v in bundled.g_a.state_dict().items()}
+            state = with_metric_encoders(state)  # a run asking for an encoder per metric starts both from the bundle's
         self.model.load_state_dict(state, strict=False)
         self.step = self.warmup_start = int(card["steps"])
 
