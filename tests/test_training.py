@@ -232,6 +232,30 @@ def test_data_parallel_run_whose_process_dies_stops_with_an_error_naming_it(tmp_
     assert f"data-parallel training stopped: process 1 exited with code {-signal.SIGKILL}" in stderr
 
 
+def abort_in_second_process(replicas, after_finishing: bool) -> int:
+    """A share of a data-parallel run whose second process dies by SIGABRT, before or after its last collective."""
+    if not replicas.leader and after_finishing:
+        torch.distributed.destroy_process_group = os.abort  # where CI saw it: teardown, after the last collective
+    elif not replicas.leader:
+        os.abort()
+    replicas.mean([1.0])
+    return replicas.rank
+
+
+def test_a_process_failing_after_finishing_its_share_leaves_the_run_complete_with_a_warning():
+    from caecodec import parallel
+
+    with pytest.warns(RuntimeWarning, match=f"process 1 exited with code {-6} after finishing its share"):
+        assert parallel.run(abort_in_second_process, 2, True) == 0
+
+
+def test_a_process_failing_before_finishing_its_share_stops_the_run():
+    from caecodec import parallel
+
+    with pytest.raises(RuntimeError, match=f"data-parallel training stopped: process 1 exited with code {-6}"):
+        parallel.run(abort_in_second_process, 2, False)
+
+
 def test_schedule_change_on_resume_is_kept_and_logged(tmp_path, photos):
     """`--total-steps` given once stays the run's schedule (its checkpoint's recipe), and the change is an event."""
     run = tmp_path / "run"
