@@ -137,8 +137,8 @@ def _failed(workers, finished) -> str:
             continue
         ending = f"exited with code {worker.exitcode}" if worker.exitcode is not None else "had not exited 60 s later"
         if done.is_set():
-            # seen as SIGABRT ("terminate called without an active exception") once in tens of runs, after
-            # the process's last collective: its work, and every checkpoint, are complete and in sync
+            # seen twice in the test suite's runs (once in CI) as SIGABRT, "terminate called without an active
+            # exception", after the process's last collective: its work, and every checkpoint, are complete and in sync
             warnings.warn(f"data-parallel process {rank} {ending} after finishing its share of the run, in its "
                           "teardown; the run is complete", RuntimeWarning, stacklevel=3)
         else:
