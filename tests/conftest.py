@@ -17,6 +17,19 @@ TINY_CHECKPOINT = TEST_DATA / "tiny_factorized_N8_M8.pth"
 SAMPLE = ROOT / "caecodec" / "data" / "sample.png"
 
 
+def analysis_symbols(codec, images: np.ndarray) -> np.ndarray:
+    """The latent symbols of each image of `images` (..., H, W, 3) analysed on its own, computed as the codec
+    computes them: with torch's native convolutions (oneDNN's sums differ in the last bits, enough to round a
+    latent value near a half the other way: once in 40 noise images at bundled q8)."""
+    from caecodec.codec import thread_count_independent_convolutions
+    from caecodec.compression import analyse
+
+    loaded = codec._model()
+    with thread_count_independent_convolutions():
+        return np.concatenate([analyse(loaded.model, image[None], loaded.tables)
+                               for image in images.reshape(-1, *images.shape[-3:])])
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"needs {path} (the project's ../shared folder), which is absent")

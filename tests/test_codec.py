@@ -15,18 +15,11 @@ import zarr
 
 import caecodec
 from caecodec import bitstream, weights
-from caecodec.compression import analyse
 from caecodec.evaluation import load_rgb, psnr, theoretical_bits
 
-from conftest import TINY_CHECKPOINT
+from conftest import TINY_CHECKPOINT, analysis_symbols
 
 TINY = str(TINY_CHECKPOINT)
-
-
-def latent_symbols(codec, chunk):
-    loaded = codec._model()
-    images = chunk.reshape(-1, *chunk.shape[-3:])
-    return np.concatenate([analyse(loaded.model, image[None], loaded.tables) for image in images])
 
 
 def run_python(code: str) -> str:
@@ -170,7 +163,7 @@ def test_latent_round_trips_bit_for_bit(name, quality):
     codec = caecodec.ConvolutionalAutoencoder(quality=quality)
     encoded = codec.encode(chunk)
     header, symbols, _ = codec.decode_symbols(encoded)
-    np.testing.assert_array_equal(symbols, latent_symbols(codec, chunk))
+    np.testing.assert_array_equal(symbols, analysis_symbols(codec, chunk))
     assert header.shape == chunk.shape
     decoded = codec.decode(encoded)
     assert decoded.shape == chunk.shape and decoded.dtype == np.uint8
@@ -184,7 +177,7 @@ def test_escapes_keep_extreme_latents_exact(sample_image):
     encoded = codec.encode(chunk)
     _, _, escapes = bitstream.unpack(encoded)
     _, symbols, _ = codec.decode_symbols(encoded)
-    np.testing.assert_array_equal(symbols, latent_symbols(codec, chunk))
+    np.testing.assert_array_equal(symbols, analysis_symbols(codec, chunk))
 
 
 def test_encode_latent_writes_the_chunk_encode_writes(sample_image):
@@ -223,7 +216,7 @@ def test_partial_decompress_returns_the_latent(sample_image):
     m = codec.latent_channels()
     assert latent.shape == (7, 5, m) and latent.dtype == np.float32
     tables = codec._model().tables
-    expected = latent_symbols(codec, chunk)[0].transpose(1, 2, 0) + tables.medians
+    expected = analysis_symbols(codec, chunk)[0].transpose(1, 2, 0) + tables.medians
     np.testing.assert_array_equal(latent, expected.astype(np.float32))
 
 
@@ -355,7 +348,7 @@ def test_coded_size_within_one_percent_of_theoretical_on_kodak(kodak_dir):
     for quality in (1, 8):
         codec = caecodec.ConvolutionalAutoencoder(quality=quality)
         loaded = codec._model()
-        bits = theoretical_bits(latent_symbols(codec, image), loaded.tables)
+        bits = theoretical_bits(analysis_symbols(codec, image), loaded.tables)
         assert 8 * len(codec.encode(image)) <= 1.01 * bits
 
 

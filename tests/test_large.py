@@ -11,12 +11,12 @@ import tifffile
 import zarr
 
 from caecodec.codec import ConvolutionalAutoencoder
-from caecodec.compression import analyse, dequantize
+from caecodec.compression import dequantize
 from caecodec.evaluation import border_psnr, load_rgb, psnr
 from caecodec.store import open_latents, read_seamless, write_seamless
 from caecodec.tiling import bands, full_tiles, grid
 from caecodec.zarr3 import CAECodec
-from conftest import SAMPLE, TINY_CHECKPOINT
+from conftest import SAMPLE, TINY_CHECKPOINT, analysis_symbols
 from test_cli import TINY, ok
 
 
@@ -122,7 +122,7 @@ def test_context_written_chunks_decode_standalone_to_the_one_piece_symbols(sampl
 
     codec = ConvolutionalAutoencoder(quality=1)
     loaded = codec._model()
-    one_piece = analyse(loaded.model, image[None], loaded.tables)  # padded to a multiple of 16, as at the edge
+    one_piece = analysis_symbols(codec, image)  # padded to a multiple of 16, as at the edge
     for row, column in np.ndindex(3, 4):
         header, symbols, _ = codec.decode_symbols(raw_chunk(array, (row, column, 0)))
         assert header.shape == (128, 128, 3)  # zarr's full chunk shape, cropped back by zarr as for its own chunks

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from caecodec import ConvolutionalAutoencoder
-from caecodec.compression import analyse, dequantize, latent_size
+from caecodec.compression import dequantize, latent_size
 
-from conftest import TINY_CHECKPOINT
+from conftest import TINY_CHECKPOINT, analysis_symbols
 
 # CI runs a few dozen examples; CAECODEC_PROPERTY_SCALE=10 multiplies them for the long run (docs/RELIABILITY.md)
 SCALE = int(os.environ.get("CAECODEC_PROPERTY_SCALE", "1"))
@@ -45,12 +45,6 @@ def rgb_chunks(draw, max_side: int = 300, max_pixels: int = 90_000) -> np.ndarra
     return draw(arrays(np.uint8, shape, elements=st.sampled_from([0, 1, 127, 128, 254, 255])))
 
 
-def expected_symbols(codec, chunk: np.ndarray) -> np.ndarray:
-    loaded = codec._model()
-    images = chunk.reshape(-1, *chunk.shape[-3:])
-    return np.concatenate([analyse(loaded.model, image[None], loaded.tables) for image in images])
-
-
 def check_round_trip(pixels_codec, latent_codec, chunk: np.ndarray) -> None:
     data = pixels_codec.encode(chunk)
     assert pixels_codec.encode(chunk.copy()) == data, "encoding is not a pure function of the pixels"
@@ -60,7 +54,7 @@ def check_round_trip(pixels_codec, latent_codec, chunk: np.ndarray) -> None:
 
     header, symbols, loaded = pixels_codec.decode_symbols(data)
     assert header.shape == chunk.shape
-    np.testing.assert_array_equal(symbols, expected_symbols(pixels_codec, chunk))
+    np.testing.assert_array_equal(symbols, analysis_symbols(pixels_codec, chunk))
 
     latent = latent_codec.decode(data)
     height, width = latent_size(chunk.shape[-3]), latent_size(chunk.shape[-2])
