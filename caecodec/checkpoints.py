@@ -57,7 +57,7 @@ def factorized_prior_from_state_dict(state: dict[str, torch.Tensor]) -> Factoriz
         raise ValueError(f"not a FactorizedPrior checkpoint: no {error.args[0]!r}") from None
     model = FactorizedPrior(n, m)
     bottleneck = model.entropy_bottleneck
-    for name in ("_quantized_cdf", "_offset", "_cdf_length"):  # sized by the checkpoint
+    for name in bottleneck.TABLES:  # sized by the checkpoint
         key = f"entropy_bottleneck.{name}"
         if key in state:
             getattr(bottleneck, name).resize_(state[key].shape)

@@ -17,6 +17,7 @@ from .layers import LowerBound
 
 
 class EntropyBottleneck(nn.Module):
+    TABLES = ("_quantized_cdf", "_offset", "_cdf_length")  # integer coding tables, sized by `update()` or a checkpoint
     _offset: torch.Tensor
     _quantized_cdf: torch.Tensor
     _cdf_length: torch.Tensor

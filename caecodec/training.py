@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from . import zoo
+from .entropy_models import EntropyBottleneck
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
 from .models import VariableRateFactorizedPrior, holds_metric_encoders, with_metric_encoders
 from .parallel import Replicas
@@ -279,8 +280,8 @@ class Trainer:
             self.config = replace(self.config, metric_encoders=True)
             self.model.split_encoders()
             self._make_optimizers()
-        tables = ("_quantized_cdf", "_offset", "_cdf_length")  # rebuilt at export from the trained densities
-        state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(tables)}
+        # the tables are rebuilt at export from the trained densities
+        state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(EntropyBottleneck.TABLES)}
         if self.model.metric_encoders and not bundled.metric_encoders:
             state = with_metric_encoders(state)  # a run asking for an encoder per metric starts both from the bundle's
         self.model.load_state_dict(state, strict=False)

@@ -103,7 +103,7 @@ def variable_rate_from_tensors(tensors: dict, n: int, m: int):
     levels = tensors["log_gain"].shape[0]
     model = VariableRateFactorizedPrior(n, m, [1.0] * levels, metric_encoders=holds_metric_encoders(tensors))
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
-        for name in ("_quantized_cdf", "_offset", "_cdf_length"):
+        for name in bottleneck.TABLES:
             getattr(bottleneck, name).resize_(tensors[f"entropy_bottlenecks.{level}.{name}"].shape)
     model.load_state_dict({k: (v.float() if v.is_floating_point() else v) for k, v in tensors.items()})
     return model.eval()

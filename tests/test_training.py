@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from caecodec import weights
+from caecodec.entropy_models import EntropyBottleneck
 from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, train
 from caecodec.models import VariableRateFactorizedPrior
 
@@ -354,8 +355,8 @@ def test_a_run_without_state_starts_from_the_newest_bundle(tmp_path, photos):
     checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
     version = weights.latest_version()
     assert checkpoint["step"] == weights.version_card(version)["steps"]
-    tables = ("_quantized_cdf", "_offset", "_cdf_length")
-    bundled = {k: v for k, v in weights._variable_rate_model(version).state_dict().items() if not k.endswith(tables)}
+    bundled = {k: v for k, v in weights._variable_rate_model(version).state_dict().items()
+               if not k.endswith(EntropyBottleneck.TABLES)}
     assert all(torch.equal(checkpoint["model"][k], bundled[k]) for k in bundled)
 
 
