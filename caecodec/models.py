@@ -45,23 +45,46 @@ class FactorizedPrior(nn.Module):
         return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": likelihoods}}
 
 
+METRIC_TRANSFORMS = {"g_a_ms_ssim.": "g_a.", "g_s_ms_ssim.": "g_s."}  # the ms-ssim levels' own: the shared one it splits from
+
+
 def holds_metric_encoders(state: dict) -> bool:
     """Whether a VariableRateFactorizedPrior's state dict (or bundle) has an analysis transform per metric."""
     return "g_a_ms_ssim.0.weight" in state
 
 
-def with_metric_encoders(state: dict) -> dict:
-    """A one-encoder VariableRateFactorizedPrior state dict as one with an analysis transform per metric:
-    the ms-ssim levels' encoder starts as a copy of the shared one."""
-    return state | {f"g_a_ms_ssim.{k[len('g_a.'):]}": v.clone() for k, v in state.items() if k.startswith("g_a.")}
+def holds_metric_decoders(state: dict) -> bool:
+    """Whether a VariableRateFactorizedPrior's state dict (or bundle) has a synthesis transform per metric."""
+    return "g_s_ms_ssim.0.weight" in state
+
+
+def shared_name(name: str) -> str | None:
+    """The shared transform's parameter that a per-metric transform's parameter `name` splits from (else None)."""
+    own = next((prefix for prefix in METRIC_TRANSFORMS if name.startswith(prefix)), None)
+    return METRIC_TRANSFORMS[own] + name[len(own):] if own else None
+
+
+def with_metric_transforms(state: dict, names) -> dict:
+    """`state` given each per-metric transform parameter of `names` (a network's state dict keys) that it lacks,
+    as a copy of the shared transform's: how a network splits a transform per metric."""
+    return state | {name: state[shared_name(name)].clone() for name in names if name not in state and shared_name(name)}
+
+
+def variable_rate_like(state: dict, n: int, m: int) -> VariableRateFactorizedPrior:
+    """A network of the shape of `state` (its levels and per-metric transforms), to load it into."""
+    return VariableRateFactorizedPrior(n, m, [1.0] * state["log_gain"].shape[0], holds_metric_encoders(state),
+                                       holds_metric_decoders(state))
 
 
 class VariableRateFactorizedPrior(nn.Module):
     """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
-    `g_a_ms_ssim`; the synthesis stays shared. Registered last, so that a network split from a shared-encoder
-    one keeps the order, and the optimizer state, of every parameter it had."""
+    `g_a_ms_ssim`; with `metric_decoders` also a synthesis transform, `g_s_ms_ssim`. They are registered last,
+    the synthesis after the analysis, so that a network split from one with fewer transforms keeps the order,
+    and the optimizer state, of every parameter it had; for that order a synthesis per metric needs an
+    analysis transform per metric."""
 
-    def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,), metric_encoders: bool = False):
+    def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,), metric_encoders: bool = False,
+                 metric_decoders: bool = False):
         super().__init__()
         self.n, self.m = n, m
         self.g_a = analysis_transform(n, m)
@@ -70,10 +93,14 @@ class VariableRateFactorizedPrior(nn.Module):
         self.log_gain = nn.Parameter(log_gains.clone())
         self.log_inverse_gain = nn.Parameter(-log_gains.clone())
         self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(m) for _ in initial_gains)
+        if metric_decoders and not metric_encoders:
+            raise ValueError("a synthesis transform per metric needs an analysis transform per metric")
+        if metric_encoders and len(initial_gains) % 2:
+            raise ValueError(f"transforms per metric need an mse and an ms-ssim half of the levels, not {len(initial_gains)}")
         if metric_encoders:
-            if len(initial_gains) % 2:
-                raise ValueError(f"metric encoders need an mse and an ms-ssim half of the levels, not {len(initial_gains)}")
             self.g_a_ms_ssim = analysis_transform(n, m)
+        if metric_decoders:
+            self.g_s_ms_ssim = synthesis_transform(n, m)
 
     @property
     def levels(self) -> int:
@@ -83,15 +110,20 @@ class VariableRateFactorizedPrior(nn.Module):
     def metric_encoders(self) -> bool:
         return hasattr(self, "g_a_ms_ssim")
 
+    @property
+    def metric_decoders(self) -> bool:
+        return hasattr(self, "g_s_ms_ssim")
+
+    def is_ms_ssim(self, level: int) -> bool:
+        return level >= self.levels // 2
+
     def analysis(self, level: int) -> nn.Module:
         """The analysis transform of `level`: the ms-ssim levels' own, with metric encoders."""
-        return self.g_a_ms_ssim if self.metric_encoders and level >= self.levels // 2 else self.g_a
+        return self.g_a_ms_ssim if self.metric_encoders and self.is_ms_ssim(level) else self.g_a
 
-    @torch.no_grad()
-    def split_encoders(self) -> None:
-        """Give the ms-ssim levels their own analysis transform, starting as a copy of the shared one."""
-        if not self.metric_encoders:
-            self.g_a_ms_ssim = copy.deepcopy(self.g_a)
+    def synthesis(self, level: int) -> nn.Module:
+        """The synthesis transform of `level`: the ms-ssim levels' own, with metric decoders."""
+        return self.g_s_ms_ssim if self.metric_decoders and self.is_ms_ssim(level) else self.g_s
 
     def forward(self, x: torch.Tensor, level: int, noise: bool | None = None) -> dict:
         """Reconstruction and likelihoods at `level`; "y" is the analysis output before the gain.
@@ -101,7 +133,7 @@ class VariableRateFactorizedPrior(nn.Module):
         gained = y * torch.exp(self.log_gain[level])[None, :, None, None]
         with torch.autocast(x.device.type, enabled=False):  # the density in float32 always: its likelihoods are the rate
             y_hat, likelihoods = self.entropy_bottlenecks[level](gained, training=noise)
-        x_hat = self.g_s(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None]).float()
+        x_hat = self.synthesis(level)(y_hat * torch.exp(self.log_inverse_gain[level])[None, :, None, None]).float()
         return {"x_hat": x_hat, "likelihoods": {"y": likelihoods}, "y": y}
 
     def density_bits(self, y: torch.Tensor, level: int) -> torch.Tensor:
@@ -121,7 +153,7 @@ class VariableRateFactorizedPrior(nn.Module):
         """The plain FactorizedPrior computing exactly this level, with its CDF tables."""
         model = FactorizedPrior(self.n, self.m)
         model.g_a = copy.deepcopy(self.analysis(level))
-        model.g_s = copy.deepcopy(self.g_s)
+        model.g_s = copy.deepcopy(self.synthesis(level))
         gain = torch.exp(self.log_gain[level])
         inverse_gain = torch.exp(self.log_inverse_gain[level])
         last = model.g_a[-1]

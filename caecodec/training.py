@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from . import zoo
 from .entropy_models import EntropyBottleneck
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import VariableRateFactorizedPrior, holds_metric_encoders, with_metric_encoders
+from .models import VariableRateFactorizedPrior, shared_name, variable_rate_like, with_metric_transforms
 from .parallel import Replicas
 
 
@@ -55,11 +55,16 @@ class TrainingConfig:
     density_batch: int = 2  # crops whose latent also trains the densities of the levels not sampled
     precision: str = "fp32"  # "bf16": the transforms under bfloat16 autocast (docs/training.md, "Mixed precision")
     metric_encoders: bool = False  # an analysis transform per metric (docs/training.md, "Sharing the analysis transform")
+    metric_decoders: bool = False  # and a synthesis transform per metric (docs/training.md, "Sharing the synthesis")
 
     def __post_init__(self):
         count = len(zoo.METRICS) * len(zoo.QUALITIES)
         if not self.levels or not all(0 <= level < count for level in self.levels):
             raise ValueError(f"levels must be indexes 0-{count - 1} (0-7 mse q1-8, 8-15 ms-ssim), not {self.levels}")
+        if not 0 <= self.mse_share <= 1:
+            raise ValueError(f"mse_share is a fraction of the steps, between 0 and 1, not {self.mse_share}")
+        if not any(self.mse_share if level < 8 else 1 - self.mse_share for level in self.levels):
+            raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         smallest = (self.msssim_window - 1) * 2**4 + 1  # MS-SSIM's 5 scales: 4 halvings, then the window
@@ -159,9 +164,7 @@ class Trainer:
         self.run_dir = Path(config.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
-        all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
-        self.model = VariableRateFactorizedPrior(config.n, config.m, initial_gains(all_levels), config.metric_encoders)
-        self._make_optimizers()
+        self._make_model()
         # the leader's generator draws levels and its crops; each other replica draws its own crops and noise
         self.generator = np.random.default_rng(config.seed if self.replicas.leader else [config.seed, self.replicas.rank])
         if not self.replicas.leader:
@@ -173,6 +176,12 @@ class Trainer:
         self.warmup_start = 0  # step of the last (re)start from weights without optimizer state
         self.cooldown = None  # {"start", "steps", "lr"} in a cooldown branch, see branch_from
         self.resumed_recipe = asdict(config)  # the config of the checkpoint resumed from
+
+    def _make_model(self) -> None:
+        all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
+        self.model = VariableRateFactorizedPrior(self.config.n, self.config.m, initial_gains(all_levels),
+                                                 self.config.metric_encoders, self.config.metric_decoders)
+        self._make_optimizers()
 
     def _make_optimizers(self) -> None:
         main = [(name, p) for name, p in self.model.named_parameters() if not name.endswith("quantiles")]
@@ -224,10 +233,12 @@ class Trainer:
         if recorded != {"n": self.config.n, "m": self.config.m}:
             raise ValueError(f"{path} holds a network with {recorded}, not the n={self.config.n}, "
                              f"m={self.config.m} this run was given")
-        split = self.model.metric_encoders and not holds_metric_encoders(state["model"])
-        if holds_metric_encoders(state["model"]) and not self.model.metric_encoders:
-            raise ValueError(f"{path} holds an analysis transform per metric: a run cannot merge them again")
-        self.model.load_state_dict(with_metric_encoders(state["model"]) if split else state["model"])
+        names = self.model.state_dict().keys()
+        if extra := sorted({k.split(".")[0] for k in state["model"].keys() - names if shared_name(k)}):
+            raise ValueError(f"{path} holds {' and '.join(extra)}, the ms-ssim levels' own transforms, which this run "
+                             "was not given: a run cannot merge them again")
+        split = bool(names - state["model"].keys())
+        self.model.load_state_dict(with_metric_transforms(state["model"], names))
         self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
@@ -276,15 +287,14 @@ class Trainer:
 
         card = weights.version_card(version)
         bundled = weights._variable_rate_model(version)
-        if bundled.metric_encoders and not self.model.metric_encoders:
-            self.config = replace(self.config, metric_encoders=True)
-            self.model.split_encoders()
-            self._make_optimizers()
+        kept = {k: getattr(self.config, k) or getattr(bundled, k) for k in ("metric_encoders", "metric_decoders")}
+        if kept != {k: getattr(self.config, k) for k in kept}:  # the bundle's transforms per metric are kept
+            self.config = replace(self.config, **kept)
+            self._make_model()
         # the tables are rebuilt at export from the trained densities
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(EntropyBottleneck.TABLES)}
-        if self.model.metric_encoders and not bundled.metric_encoders:
-            state = with_metric_encoders(state)  # a run asking for an encoder per metric starts both from the bundle's
-        self.model.load_state_dict(state, strict=False)
+        # a run asking for more transforms per metric than the bundle has starts each from the bundle's shared one
+        self.model.load_state_dict(with_metric_transforms(state, self.model.state_dict().keys()), strict=False)
         self.step = self.warmup_start = int(card["steps"])
 
     def branch_from(self, run_dir: str | Path, steps: int) -> None:
@@ -379,13 +389,13 @@ def level_shares(levels, mse_share: float) -> np.ndarray:
 
 
 def split_optimizer_state(state: dict, names: list[str]) -> dict:
-    """A shared-encoder run's Adam state for the same network split into metric encoders (`names`: its main
-    parameters in the optimizer's order). The new encoder's parameters come last (see VariableRateFactorizedPrior),
-    so every other parameter keeps its index, and they start with the shared encoder's moments."""
+    """A run's Adam state for the same network with more transforms split per metric (`names`: its main
+    parameters in the optimizer's order). The new transforms' parameters come last (see VariableRateFactorizedPrior),
+    so every other parameter keeps its index, and they start with the moments of the shared transform they copy."""
     index = {name: i for i, name in enumerate(names)}
-    copies = {index[name]: index[name.replace("g_a_ms_ssim.", "g_a.", 1)] for name in names if name.startswith("g_a_ms_ssim.")}
+    copies = {index[name]: index[shared_name(name)] for name in names if shared_name(name)}
     moments = {new: {k: v.clone() for k, v in state["state"][old].items()}
-               for new, old in copies.items() if old in state["state"]}
+               for new, old in copies.items() if old in state["state"] and new not in state["state"]}
     group = {**state["param_groups"][0], "params": list(range(len(names)))}
     return {"state": {**state["state"], **moments}, "param_groups": [group]}
 
@@ -507,9 +517,7 @@ class _StopRequest:
 def load_checkpoint_model(run_dir: str | Path) -> tuple[VariableRateFactorizedPrior, dict]:
     """The network of a training run's checkpoint, and the checkpoint (step, cooldown, ...)."""
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
-    config = state["config"]
-    model = VariableRateFactorizedPrior(config["n"], config["m"], [1.0] * state["model"]["log_gain"].shape[0],
-                                        holds_metric_encoders(state["model"]))
+    model = variable_rate_like(state["model"], state["config"]["n"], state["config"]["m"])
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -548,7 +556,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
     card = {
         "file": path.name, "sha256": weights.sha256_file(path), "n": model.n, "m": model.m,
         "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior ("
-        + ("an analysis transform per metric, a shared synthesis" if model.metric_encoders else "shared transforms")
+        + ("an analysis and a synthesis transform per metric" if model.metric_decoders else
+           "an analysis transform per metric, a shared synthesis" if model.metric_encoders else "shared transforms")
         + ", per-level channel gains and densities), transforms stored in fp16",
         "training_data": "shared/data/train (775 photos: BSDS500, ImageNet samples, Sun-Hays80)",
         "recipe": {k: config[k] for k in ("crop", "batch", "min_scale", "peak_lr", "final_lr", "warmup_steps",

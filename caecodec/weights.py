@@ -98,10 +98,9 @@ def _variable_rate_model(version: int):
 
 
 def variable_rate_from_tensors(tensors: dict, n: int, m: int):
-    from .models import VariableRateFactorizedPrior, holds_metric_encoders
+    from .models import variable_rate_like
 
-    levels = tensors["log_gain"].shape[0]
-    model = VariableRateFactorizedPrior(n, m, [1.0] * levels, metric_encoders=holds_metric_encoders(tensors))
+    model = variable_rate_like(tensors, n, m)
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
         for name in bottleneck.TABLES:
             getattr(bottleneck, name).resize_(tensors[f"entropy_bottlenecks.{level}.{name}"].shape)
@@ -109,7 +108,7 @@ def variable_rate_from_tensors(tensors: dict, n: int, m: int):
     return model.eval()
 
 
-TRANSFORMS = ("g_a.", "g_a_ms_ssim.", "g_s.")  # stored in fp16
+TRANSFORMS = ("g_a.", "g_a_ms_ssim.", "g_s.", "g_s_ms_ssim.")  # stored in fp16
 
 
 def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:

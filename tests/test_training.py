@@ -288,6 +288,19 @@ def test_resume_keeps_the_runs_recipe_without_repeating_it(tmp_path, photos):
     assert not (run / "events.csv").exists()  # nothing changed
 
 
+def test_the_mse_share_decides_which_metric_is_trained(tmp_path, photos):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 4, *TINY, "--levels", "0,8",
+             "--mse-share", 1, cwd=tmp_path)
+    with (run / "steps.csv").open() as handle:
+        assert [int(row["level"]) for row in csv.DictReader(handle)] == [0] * 4
+    for share, problem in ((1.5, "between 0 and 1, not 1.5"), (0, "gives none of the levels (0, 1) any steps")):
+        result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
+                                 str(tmp_path / "other"), "--steps", "1", *TINY, "--levels", "0,1", "--mse-share",
+                                 str(share)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        assert result.returncode == 2 and problem in result.stderr
+
+
 def test_resume_with_another_architecture_names_both(tmp_path, photos):
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
@@ -300,50 +313,64 @@ def test_resume_with_another_architecture_names_both(tmp_path, photos):
         "not the n=16, m=8 this run was given"]
 
 
-def test_a_run_splits_its_encoder_per_metric_and_resumes_exactly(tmp_path, photos):
-    """`--metric-encoders` on a shared-encoder run gives the ms-ssim levels a copy of the encoder, with its Adam
-    moments, logs the change, trains the two apart, and resumes exactly; the bundle stores both encoders."""
+SPLITS = {  # option: (the run it splits, the new transform, the shared one it copies, the bundle's architecture)
+    "--metric-encoders": ([], "g_a_ms_ssim.", "g_a.", "an analysis transform per metric, a shared synthesis"),
+    "--metric-decoders": (["--metric-encoders"], "g_s_ms_ssim.", "g_s.", "an analysis and a synthesis transform per metric"),
+}
+
+
+@pytest.mark.parametrize("option", list(SPLITS))
+def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photos, option):
+    """`--metric-encoders` on a shared-encoder run (`--metric-decoders` on one with an encoder per metric) gives the
+    ms-ssim levels a copy of the shared transform, with its Adam moments, keeps every other parameter's moments, logs
+    the change, trains the two apart, and resumes exactly; the bundle stores both and each level codes with its own."""
+    source_options, own, shared, architecture = SPLITS[option]
     common = ["--train-dir", photos, *TINY, "--levels", "0,8"]
-    shared = tmp_path / "shared"
-    caecodec("train", *common, "--run-dir", shared, "--steps", 2, cwd=tmp_path)
+    source = tmp_path / "source"
+    caecodec("train", *common, *source_options, "--run-dir", source, "--steps", 3, cwd=tmp_path)
     for name in ("straight", "resumed"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "checkpoint.pt").write_bytes((shared / "checkpoint.pt").read_bytes())
-    caecodec("train", *common, "--run-dir", tmp_path / "resumed", "--steps", 0, "--metric-encoders", cwd=tmp_path)
+        (tmp_path / name / "checkpoint.pt").write_bytes((source / "checkpoint.pt").read_bytes())
+    caecodec("train", *common, "--run-dir", tmp_path / "resumed", "--steps", 0, option, cwd=tmp_path)
     checkpoint = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
     state, moments = checkpoint["model"], checkpoint["optimizer"]["state"]
-    names = [k for k in state if k.startswith("g_a.")]
-    assert all(torch.equal(state[k], state[k.replace("g_a.", "g_a_ms_ssim.")]) for k in names)
-    order = [n for n, _ in VariableRateFactorizedPrior(8, 8, [1.0] * 16, True).named_parameters() if "quantiles" not in n]
-    assert torch.equal(moments[order.index("g_a_ms_ssim.2.weight")]["exp_avg_sq"],
-                       moments[order.index("g_a.2.weight")]["exp_avg_sq"])
+    names = [k for k in state if k.startswith(shared)]
+    assert all(torch.equal(state[k], state[k.replace(shared, own, 1)]) for k in names)
+    network = VariableRateFactorizedPrior(8, 8, [1.0] * 16, True, option == "--metric-decoders")
+    order = [n for n, _ in network.named_parameters() if "quantiles" not in n]
+    assert torch.equal(moments[order.index(f"{own}2.weight")]["exp_avg_sq"],
+                       moments[order.index(f"{shared}2.weight")]["exp_avg_sq"])
+    kept = torch.load(source / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    assert all(torch.equal(moments[i][k], kept[i][k]) for i in kept for k in kept[i])
     caecodec("train", *common, "--run-dir", tmp_path / "resumed", "--steps", 3, cwd=tmp_path)  # the run's own now
-    caecodec("train", *common, "--run-dir", tmp_path / "straight", "--steps", 3, "--metric-encoders", cwd=tmp_path)
+    caecodec("train", *common, "--run-dir", tmp_path / "straight", "--steps", 3, option, cwd=tmp_path)
     straight, resumed = model_state(tmp_path / "straight"), model_state(tmp_path / "resumed")
     assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
-    assert not torch.equal(resumed["g_a.0.weight"], resumed["g_a_ms_ssim.0.weight"])
+    assert not torch.equal(resumed[f"{shared}0.weight"], resumed[f"{own}0.weight"])
+    setting = option[2:].replace("-", "_")
     with (tmp_path / "straight" / "events.csv").open() as handle:
         assert [row["event"] for row in csv.DictReader(handle)] == [
-            "resumed with changed settings {'metric_encoders': [False, True]}"]
+            f"resumed with changed settings {{'{setting}': [False, True]}}"]
     bundle = tmp_path / "bundle"
     caecodec("train", "--run-dir", tmp_path / "straight", "--export", 9, "--bundle-dir", bundle, "--kodak-dir", "",
              cwd=tmp_path)
     from safetensors.torch import load_file
 
     tensors = load_file(bundle / "v9.safetensors")
-    assert tensors["g_a_ms_ssim.0.weight"].dtype == torch.float16
+    assert tensors[f"{own}0.weight"].dtype == torch.float16
     model = weights.variable_rate_from_tensors(tensors, 8, 8)
-    assert torch.equal(model.export(8).g_a[0].weight, model.g_a_ms_ssim[0].weight)
-    assert torch.equal(model.export(0).g_a[0].weight, model.g_a[0].weight)
-    assert "an analysis transform per metric" in json.loads((bundle / "manifest.json").read_text())["versions"]["9"][
-        "architecture"]
+    transform, unfolded = shared.rstrip("."), 0 if shared == "g_a." else -1  # a layer the gains are not folded into
+    assert torch.equal(getattr(model.export(8), transform)[unfolded].weight, getattr(model, own.rstrip("."))[unfolded].weight)
+    assert torch.equal(getattr(model.export(0), transform)[unfolded].weight, getattr(model, transform)[unfolded].weight)
+    assert json.loads((bundle / "manifest.json").read_text())["versions"]["9"]["architecture"].startswith(
+        f"variable-rate factorized prior ({architecture},")
 
 
 def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, "--metric-encoders", cwd=tmp_path)
     trainer = Trainer(TrainingConfig(train_dir=str(photos), run_dir=str(run), **TINY_CONFIG))
-    with pytest.raises(ValueError, match="analysis transform per metric: a run cannot merge them"):
+    with pytest.raises(ValueError, match="holds g_a_ms_ssim, the ms-ssim levels' own transforms, which this run was not given: a run cannot merge"):
         trainer.resume()
 
 
@@ -360,17 +387,19 @@ def test_a_run_without_state_starts_from_the_newest_bundle(tmp_path, photos):
     assert all(torch.equal(checkpoint["model"][k], bundled[k]) for k in bundled)
 
 
-def test_an_encoder_per_metric_from_a_one_encoder_bundle_starts_both_from_it(tmp_path):
-    one_encoder = [v for v in weights.bundled_versions()
-                   if "an analysis transform per metric" not in weights.version_card(v)["architecture"]]
-    if not one_encoder:
-        pytest.skip("every bundled version has an analysis transform per metric")
-    trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path), metric_encoders=True))
-    trainer.start_from_bundle(one_encoder[-1])
-    encoder = weights._variable_rate_model(one_encoder[-1]).g_a.state_dict()
-    for name, analysis in (("mse", trainer.model.g_a), ("ms-ssim", trainer.model.g_a_ms_ssim)):
-        state = analysis.state_dict()
-        assert all(torch.equal(state[k], encoder[k]) for k in encoder), f"the {name} encoder is not the bundle's"
+@pytest.mark.parametrize("setting", ["metric_encoders", "metric_decoders"])
+def test_a_transform_per_metric_from_a_bundle_that_shares_it_starts_both_from_it(tmp_path, setting):
+    sharing = [v for v in weights.bundled_versions() if not getattr(weights._variable_rate_model(v), setting)]
+    if not sharing:
+        pytest.skip(f"every bundled version has {setting.replace('_', ' ')}")
+    trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path), metric_encoders=True,
+                                     metric_decoders=setting == "metric_decoders"))
+    trainer.start_from_bundle(sharing[-1])
+    transform = "g_a" if setting == "metric_encoders" else "g_s"
+    bundled = getattr(weights._variable_rate_model(sharing[-1]), transform).state_dict()
+    for name in (transform, f"{transform}_ms_ssim"):
+        state = getattr(trainer.model, name).state_dict()
+        assert all(torch.equal(state[k], bundled[k]) for k in bundled), f"{name} is not the bundle's {transform}"
 
 
 def test_a_restart_warms_up_to_the_schedules_rate_not_the_peak():

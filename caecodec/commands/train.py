@@ -34,11 +34,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, help="crops per step (default: the run's, else 8)")
     parser.add_argument("--levels", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim) or 'all' "
                                          "(default: the run's, else all)")
+    parser.add_argument("--mse-share", type=float, help="fraction of steps spent on the mse levels, the rest on "
+                                                         "ms-ssim (default: the run's, else 0.6)")
     parser.add_argument("--precision", help="fp32, or bf16: the transforms under bfloat16 autocast, weights, densities "
                                             "and loss in float32; 1.37x the steps per hour on CPUs with AVX512-BF16 "
                                             "(default: the run's, else fp32; docs/training.md)")
     parser.add_argument("--metric-encoders", action="store_true", default=None,
                         help="an analysis transform per metric (a shared-encoder run splits its own in two on resume)")
+    parser.add_argument("--metric-decoders", action="store_true", default=None,
+                        help="and a synthesis transform per metric (split the same way; implies --metric-encoders)")
     parser.add_argument("--cooldown-from", metavar="RUN_DIR",
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
@@ -82,8 +86,9 @@ def run(args) -> int:
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
     given = {"n": args.n, "m": args.m, "crop": args.crop, "batch": args.batch, "levels": _levels(args.levels),
+             "mse_share": args.mse_share,
              "eval_every": args.eval_every, "total_steps": args.total_steps, "precision": args.precision,
-             "metric_encoders": args.metric_encoders}
+             "metric_encoders": args.metric_encoders or args.metric_decoders, "metric_decoders": args.metric_decoders}
     config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
                                    **{name: value for name, value in given.items() if value is not None})
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,

@@ -1,16 +1,19 @@
-"""Is the analysis transform held back by serving sixteen levels? Fine-tune it alone, for some levels.
+"""Is a transform held back by serving sixteen levels? Fine-tune it alone, for some levels.
 
-    python3 benchmarks/encoder_finetune.py --version 7 --levels mse-8 --steps 2000     # about 20 min, one core
-    python3 benchmarks/encoder_finetune.py --version 7 --levels all --steps 2000
+    python3 benchmarks/transform_finetune.py --version 7 --levels mse-8 --steps 2000     # about 20 min, one core
+    python3 benchmarks/transform_finetune.py --version 7 --levels all --steps 2000
+    python3 benchmarks/transform_finetune.py --version 9 --transform synthesis --levels all
 
-From bundled weights, only the encoder trains: the analysis transform and the trained levels' gains. The
-synthesis transform, the inverse gains and the densities (with their CDF tables) stay frozen, so the decoder
-is the bundled one, bit for bit. The recipe is the main run's (128×128 crops of the training photos, batch 8,
+From bundled weights, only one transform trains, with the trained levels' rows of its gains: the analysis
+transform and the gains (`--transform analysis`), or the synthesis and the inverse gains (`synthesis`).
+Everything else stays frozen, the densities with their CDF tables too: training the analysis transform
+leaves the decoder the bundled one, bit for bit; training the synthesis leaves every latent, and so every
+rate, as it was. The recipe is the main run's (128×128 crops of the training photos, batch 8,
 bfloat16 autocast, each level's loss divided by its running mean, levels drawn mse 60 % / ms-ssim 40 %), with
 Adam on a cosine from --lr to a tenth of it. If one latent serving sixteen levels is what holds the encoder
 back, an encoder fine-tuned for a single level gains there what one fine-tuned for all sixteen, given the same
 steps, does not. Measured with real bitstreams on the 8 validation images; results go to
-docs/encoder_finetune.json.
+docs/transform_finetune.json.
 """
 
 from __future__ import annotations
@@ -41,22 +44,26 @@ def parse_levels(text: str) -> list[int]:
     return list(range(len(zoo.METRICS) * len(zoo.QUALITIES))) if text == "all" else [level_of(n) for n in text.split(",")]
 
 
-def analysis_parameters(model, levels: list[int]) -> list[torch.nn.Parameter]:
-    """The parameters of the analysis transforms the trained levels use."""
-    encoders = {id(model.analysis(level)): model.analysis(level) for level in levels}.values()
-    return [parameter for encoder in encoders for parameter in encoder.parameters()]
+TRANSFORMS = {"analysis": "log_gain", "synthesis": "log_inverse_gain"}  # a transform and the gains beside it
 
 
-def encoder_parameters(model, levels: list[int]) -> list[torch.nn.Parameter]:
-    """Freeze everything but the analysis transform; of the gains, only the trained levels' rows move."""
+def transform_parameters(model, transform: str, levels: list[int]) -> list[torch.nn.Parameter]:
+    """The parameters of the transforms (of kind `transform`) that the trained levels use."""
+    modules = {id(m): m for m in (getattr(model, transform)(level) for level in levels)}.values()
+    return [parameter for module in modules for parameter in module.parameters()]
+
+
+def trained_parameters(model, transform: str, levels: list[int]) -> list[torch.nn.Parameter]:
+    """Freeze everything but the transform; of its gains, only the trained levels' rows move."""
     model.requires_grad_(False)
-    analysis = analysis_parameters(model, levels)
-    for parameter in [*analysis, model.log_gain]:
+    gains = getattr(model, TRANSFORMS[transform])
+    parameters = [*transform_parameters(model, transform, levels), gains]
+    for parameter in parameters:
         parameter.requires_grad_(True)
     frozen = torch.ones(model.levels, 1)
     frozen[levels] = 0
-    model.log_gain.register_hook(lambda grad: grad.masked_fill(frozen.bool(), 0))
-    return [*analysis, model.log_gain]
+    gains.register_hook(lambda grad: grad.masked_fill(frozen.bool(), 0))
+    return parameters
 
 
 def measure_levels(model, levels: list[int], images: list[np.ndarray]) -> dict:
@@ -76,6 +83,7 @@ def report(step: int, results: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", type=int, required=True, help="bundled weights version to start from")
+    parser.add_argument("--transform", choices=list(TRANSFORMS), default="analysis", help="the transform trained")
     parser.add_argument("--levels", default="mse-8", help="levels trained: 'all' or e.g. mse-5,mse-8")
     parser.add_argument("--measure", default="mse-2,mse-5,mse-8", help="levels measured on the validation images")
     parser.add_argument("--steps", type=int, default=2000)
@@ -83,14 +91,14 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--train-dir", type=Path, default=SHARED / "train")
     parser.add_argument("--kodak", type=Path, default=SHARED / "kodak")
-    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "encoder_finetune.json")
+    parser.add_argument("--output", type=Path, default=ROOT / "docs" / "transform_finetune.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
     config = TrainingConfig(train_dir=str(args.train_dir), run_dir="", levels=tuple(parse_levels(args.levels)))
     generator = np.random.default_rng(config.seed)
     model = weights._variable_rate_model(args.version)
-    optimizer = torch.optim.Adam(encoder_parameters(model, list(config.levels)), lr=args.lr)
+    optimizer = torch.optim.Adam(trained_parameters(model, args.transform, list(config.levels)), lr=args.lr)
     sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
     images = kodak_images(str(args.kodak), config.eval_images)
     measured = [level_of(name) for name in args.measure.split(",")]
@@ -110,7 +118,7 @@ def main() -> None:
         mean = loss_mean.get(level, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
         (loss / mean).backward()
-        torch.nn.utils.clip_grad_norm_(analysis_parameters(model, list(config.levels)), config.clip_norm)
+        torch.nn.utils.clip_grad_norm_(transform_parameters(model, args.transform, list(config.levels)), config.clip_norm)
         optimizer.step()
         loss_mean[level] = 0.99 * mean + 0.01 * float(loss.detach())
         if step % args.eval_every == 0 or step == args.steps:
@@ -118,7 +126,8 @@ def main() -> None:
             report(step, history[step])
     seconds = time.perf_counter() - started
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
-    existing[f"v{args.version}, encoder trained on {args.levels}, {args.steps} steps, lr {args.lr}"] = {
+    kind = "encoder" if args.transform == "analysis" else "decoder"
+    existing[f"v{args.version}, {kind} trained on {args.levels}, {args.steps} steps, lr {args.lr}"] = {
         "seconds": round(seconds), "validation": history}
     args.output.write_text(json.dumps(existing, indent=1) + "\n")
 
