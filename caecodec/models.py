@@ -1,8 +1,8 @@
 """The factorized-prior autoencoder (Ballé et al. 2018; CompressAI's `bmshj2018-factorized`).
 
 `FactorizedPrior` is CompressAI's model, module for module, so its checkpoints load unchanged.
-`VariableRateFactorizedPrior` is what caecodec trains: one pair of transforms shared by many
-rate-distortion trade-offs ("levels"), each with its own channel gains (Cui et al. 2021) and its own
+`VariableRateFactorizedPrior` is what caecodec trains: one pair of transforms (or one per metric) shared
+by many rate-distortion trade-offs ("levels"), each with its own channel gains (Cui et al. 2021) and its own
 density. A level is exported as a plain `FactorizedPrior` by folding its gains into the last analysis
 and first synthesis convolution, so coding has a single code path.
 """
