@@ -285,8 +285,10 @@ class Trainer:
         """Initialise from bundled weights (run state lost): their weights and step, a fresh optimizer."""
         from . import weights
 
-        card = weights.version_card(version)
-        bundled = weights._variable_rate_model(version)
+        self.start_from(weights._variable_rate_model(version), int(weights.version_card(version)["steps"]))
+
+    def start_from(self, bundled, step: int) -> None:
+        """Initialise from an exported variable-rate network trained for `step` steps, with a fresh optimizer."""
         kept = {k: getattr(self.config, k) or getattr(bundled, k) for k in ("metric_encoders", "metric_decoders")}
         if kept != {k: getattr(self.config, k) for k in kept}:  # the bundle's transforms per metric are kept
             self.config = replace(self.config, **kept)
@@ -295,7 +297,7 @@ class Trainer:
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(EntropyBottleneck.TABLES)}
         # a run asking for more transforms per metric than the bundle has starts each from the bundle's shared one
         self.model.load_state_dict(with_metric_transforms(state, self.model.state_dict().keys()), strict=False)
-        self.step = self.warmup_start = int(card["steps"])
+        self.step = self.warmup_start = step
 
     def branch_from(self, run_dir: str | Path, steps: int) -> None:
         """Start a cooldown branch of another run: its exact state, then `steps` steps of decaying learning rate.

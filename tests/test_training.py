@@ -387,19 +387,26 @@ def test_a_run_without_state_starts_from_the_newest_bundle(tmp_path, photos):
     assert all(torch.equal(checkpoint["model"][k], bundled[k]) for k in bundled)
 
 
-@pytest.mark.parametrize("setting", ["metric_encoders", "metric_decoders"])
-def test_a_transform_per_metric_from_a_bundle_that_shares_it_starts_both_from_it(tmp_path, setting):
-    sharing = [v for v in weights.bundled_versions() if not getattr(weights._variable_rate_model(v), setting)]
-    if not sharing:
-        pytest.skip(f"every bundled version has {setting.replace('_', ' ')}")
-    trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path), metric_encoders=True,
-                                     metric_decoders=setting == "metric_decoders"))
-    trainer.start_from_bundle(sharing[-1])
-    transform = "g_a" if setting == "metric_encoders" else "g_s"
-    bundled = getattr(weights._variable_rate_model(sharing[-1]), transform).state_dict()
-    for name in (transform, f"{transform}_ms_ssim"):
-        state = getattr(trainer.model, name).state_dict()
-        assert all(torch.equal(state[k], bundled[k]) for k in bundled), f"{name} is not the bundle's {transform}"
+@pytest.mark.parametrize("option", list(SPLITS))
+def test_a_transform_per_metric_from_a_bundle_that_shares_it_starts_both_from_it(tmp_path, photos, option):
+    """Run state lost, and a transform per metric asked of bundled weights that share it: both copies start from it."""
+    from safetensors.torch import load_file
+
+    source_options, own, shared, _ = SPLITS[option]
+    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    caecodec("train", "--train-dir", photos, *TINY, "--levels", "0,8", *source_options, "--run-dir", run, "--steps", 2,
+             cwd=tmp_path)
+    caecodec("train", "--run-dir", run, "--export", 9, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
+    bundled = weights.variable_rate_from_tensors(load_file(bundle / "v9.safetensors"), 8, 8)
+    trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path / "new"), **TINY_CONFIG, metric_encoders=True,
+                                     metric_decoders=option == "--metric-decoders"))
+    trainer.start_from(bundled, 2)
+    expected = getattr(bundled, shared.rstrip(".")).state_dict()
+    for name in (shared, own):
+        state = getattr(trainer.model, name.rstrip(".")).state_dict()
+        assert state.keys() == expected.keys(), name
+        assert all(torch.equal(state[k], expected[k]) for k in expected), f"{name} is not the bundle's {shared}"
+    assert trainer.step == trainer.warmup_start == 2
 
 
 def test_a_restart_warms_up_to_the_schedules_rate_not_the_peak():
