@@ -37,6 +37,16 @@ def photos(tmp_path_factory, sample_image):
     return folder
 
 
+def export(run_dir, version, cwd):
+    """`caecodec train --export` of a run into `cwd/bundle`: the command's output, the version's card, its tensors."""
+    from safetensors.torch import load_file
+
+    bundle = cwd / "bundle"
+    out = caecodec("train", "--run-dir", run_dir, "--export", version, "--bundle-dir", bundle, "--kodak-dir", "", cwd=cwd)
+    card = json.loads((bundle / "manifest.json").read_text())["versions"][str(version)]
+    return out, card, load_file(bundle / f"v{version}.safetensors")
+
+
 def model_state(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
 
@@ -80,17 +90,12 @@ def test_export_and_plot(tmp_path, photos):
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, "--precision", "bf16", cwd=tmp_path)
     caecodec("train", "--run-dir", run, "--plot", tmp_path / "curves.png", cwd=tmp_path)
     assert Image.open(tmp_path / "curves.png").size[0] > 500
-    bundle = tmp_path / "bundle"
-    out = caecodec("train", "--run-dir", run, "--export", 7, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
+    out, card, tensors = export(run, 7, tmp_path)
     assert "version 7" in out
-    card = json.loads((bundle / "manifest.json").read_text())["versions"]["7"]
     assert card["steps"] == 2 and card["recipe"]["precision"] == "bf16"  # the card names how it was trained
     trained, _ = load_checkpoint_model(run)
     trained_aux = sum(float(trained.aux_loss(level).detach()) for level in range(16))
     assert card["aux_loss_after_quantile_fit"] < 0.9 * trained_aux  # the tables' ranges fitted at export
-    from safetensors.torch import load_file
-
-    tensors = load_file(bundle / "v7.safetensors")
     assert tensors["g_a.0.weight"].dtype == torch.float16 and tensors["log_gain"].dtype == torch.float32
     model = weights.variable_rate_from_tensors(tensors, 8, 8)
     assert isinstance(model, VariableRateFactorizedPrior) and model.levels == 16
@@ -351,19 +356,13 @@ def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photo
     with (tmp_path / "straight" / "events.csv").open() as handle:
         assert [row["event"] for row in csv.DictReader(handle)] == [
             f"resumed with changed settings {{'{setting}': [False, True]}}"]
-    bundle = tmp_path / "bundle"
-    caecodec("train", "--run-dir", tmp_path / "straight", "--export", 9, "--bundle-dir", bundle, "--kodak-dir", "",
-             cwd=tmp_path)
-    from safetensors.torch import load_file
-
-    tensors = load_file(bundle / "v9.safetensors")
+    _, card, tensors = export(tmp_path / "straight", 9, tmp_path)
     assert tensors[f"{own}0.weight"].dtype == torch.float16
     model = weights.variable_rate_from_tensors(tensors, 8, 8)
     transform, unfolded = shared.rstrip("."), 0 if shared == "g_a." else -1  # a layer the gains are not folded into
     assert torch.equal(getattr(model.export(8), transform)[unfolded].weight, getattr(model, own.rstrip("."))[unfolded].weight)
     assert torch.equal(getattr(model.export(0), transform)[unfolded].weight, getattr(model, transform)[unfolded].weight)
-    assert json.loads((bundle / "manifest.json").read_text())["versions"]["9"]["architecture"].startswith(
-        f"variable-rate factorized prior ({architecture},")
+    assert card["architecture"].startswith(f"variable-rate factorized prior ({architecture},")
 
 
 def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
@@ -390,14 +389,11 @@ def test_a_run_without_state_starts_from_the_newest_bundle(tmp_path, photos):
 @pytest.mark.parametrize("option", list(SPLITS))
 def test_a_transform_per_metric_from_a_bundle_that_shares_it_starts_both_from_it(tmp_path, photos, option):
     """Run state lost, and a transform per metric asked of bundled weights that share it: both copies start from it."""
-    from safetensors.torch import load_file
-
     source_options, own, shared, _ = SPLITS[option]
-    run, bundle = tmp_path / "run", tmp_path / "bundle"
+    run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, *TINY, "--levels", "0,8", *source_options, "--run-dir", run, "--steps", 2,
              cwd=tmp_path)
-    caecodec("train", "--run-dir", run, "--export", 9, "--bundle-dir", bundle, "--kodak-dir", "", cwd=tmp_path)
-    bundled = weights.variable_rate_from_tensors(load_file(bundle / "v9.safetensors"), 8, 8)
+    bundled = weights.variable_rate_from_tensors(export(run, 9, tmp_path)[2], 8, 8)
     trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path / "new"), **TINY_CONFIG, metric_encoders=True,
                                      metric_decoders=option == "--metric-decoders"))
     trainer.start_from(bundled, 2)
