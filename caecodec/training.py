@@ -564,7 +564,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
         "training_data": "shared/data/train (775 photos: BSDS500, ImageNet samples, Sun-Hays80)",
         "recipe": {k: config[k] for k in ("crop", "batch", "min_scale", "peak_lr", "final_lr", "warmup_steps",
                                           "total_steps", "mse_share", "msssim_window")}
-        | {"precision": config.get("precision", TrainingConfig.precision), "cooldown": state.get("cooldown")},
+        | {"precision": config.get("precision", TrainingConfig.precision), "cooldown": state.get("cooldown"),
+           "averaged_steps": state.get("averaged_steps")},  # benchmarks/checkpoint_average.py
         "lambdas": zoo.LAMBDAS,
         "aux_loss_after_quantile_fit": round(aux_loss, 1),
     }

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,3 +413,22 @@ def test_a_restart_warms_up_to_the_schedules_rate_not_the_peak():
     assert ramp == sorted(ramp) and ramp[-1] == config.lr(start + config.warmup_steps - 1)
     assert max(ramp) < config.peak_lr / 4
     assert config.lr(0) == config.peak_lr / config.warmup_steps and config.lr(config.warmup_steps - 1) == config.peak_lr
+
+
+def test_an_average_of_checkpoints_exports_with_its_steps_on_the_card(tmp_path, photos):
+    """benchmarks/checkpoint_average.py: the mean of a run's snapshots is a checkpoint that exports like a run's."""
+    run, snapshots = tmp_path / "run", []
+    for step in (2, 4):
+        caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
+        snapshots.append(tmp_path / f"snapshot-{step}.pt")
+        snapshots[-1].write_bytes((run / "checkpoint.pt").read_bytes())
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint_average.py"
+    average = [sys.executable, script, tmp_path / "average", *snapshots, "--every", "2"]
+    missing = subprocess.run([*average, "--last", "3"], capture_output=True, text=True, cwd=tmp_path)
+    assert missing.returncode != 0 and "no snapshot of steps [0]; snapshots hold steps [2, 4]" in missing.stderr
+    subprocess.run([*average, "--last", "2"], check=True, capture_output=True, cwd=tmp_path)
+    _, card, tensors = export(tmp_path / "average", 9, tmp_path)
+    assert card["steps"] == 4 and card["recipe"]["averaged_steps"] == [2, 4]
+    gains = [torch.load(path, weights_only=False)["model"]["log_gain"] for path in snapshots]
+    assert not torch.equal(*gains)
+    torch.testing.assert_close(tensors["log_gain"], (gains[0] + gains[1]) / 2)

@@ -37,7 +37,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mse-share", type=float, help="fraction of steps spent on the mse levels, the rest on "
                                                          "ms-ssim (default: the run's, else 0.6)")
     parser.add_argument("--precision", help="fp32, or bf16: the transforms under bfloat16 autocast, weights, densities "
-                                            "and loss in float32; 1.37x the steps per hour on CPUs with AVX512-BF16 "
+                                            "and loss in float32; faster on some CPUs (1.37x on AMD EPYC), slower on others "
+                                            "(0.7x on an Intel Xeon): benchmarks/step_cost.py tells "
                                             "(default: the run's, else fp32; docs/training.md)")
     parser.add_argument("--metric-encoders", action="store_true", default=None,
                         help="an analysis transform per metric (a shared-encoder run splits its own in two on resume)")
