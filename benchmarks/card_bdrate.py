@@ -15,7 +15,7 @@ import csv
 import json
 from pathlib import Path
 
-from caecodec.bdrate import bd_rate, ms_ssim_db
+from validation_bdrate import bd_against
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,17 +26,9 @@ def jpeg_curve(averages: Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) for r in rows] for key in ("bpp", "psnr", "ms_ssim")}
 
 
-def card_bd_rates(card: dict, jpeg: dict) -> dict[str, float]:
-    """The mse levels on PSNR and the ms-ssim levels on MS-SSIM dB, each against JPEG (percent)."""
-    def points(metric):
-        return [card["kodak"][f"{metric}-{quality}"] for quality in range(1, 9)]
-
-    mse, ms_ssim = points("mse"), points("ms-ssim")
-    return {
-        "mse": bd_rate(jpeg["bpp"], jpeg["psnr"], [p["bpp"] for p in mse], [p["psnr"] for p in mse]),
-        "ms-ssim": bd_rate(jpeg["bpp"], ms_ssim_db(jpeg["ms_ssim"]), [p["bpp"] for p in ms_ssim],
-                           ms_ssim_db([p["ms_ssim"] for p in ms_ssim])),
-    }
+def card_rows(card: dict) -> list[dict]:
+    """The card's Kodak results as the validation log's rows, so that validation_bdrate measures them alike."""
+    return [{"metric": name.rpartition("-")[0], **point} for name, point in card["kodak"].items()]
 
 
 def main() -> None:
@@ -49,9 +41,10 @@ def main() -> None:
     for manifest in args.manifests:
         for version, card in json.loads(manifest.read_text())["versions"].items():
             if "kodak" in card:
-                rates = card_bd_rates(card, jpeg)
-                print(f"{manifest} version {version} (step {card['steps']}): BD-rate vs JPEG "
-                      f"mse {rates['mse']:+.2f} % (PSNR), ms-ssim {rates['ms-ssim']:+.2f} % (MS-SSIM)")
+                rates = {metric: bd_against(jpeg, card_rows(card), metric) for metric in ("mse", "ms-ssim")}
+                text = ", ".join(f"{metric} {'n/a (no overlap)' if bd is None else f'{bd:+.2f} %'}"
+                                 for metric, bd in rates.items())
+                print(f"{manifest} version {version} (step {card['steps']}): BD-rate vs JPEG {text}")
 
 
 if __name__ == "__main__":

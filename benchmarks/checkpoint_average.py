@@ -20,7 +20,8 @@ import torch
 
 
 def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own run state
+    # our own run state; mapped, not read: of dozens of snapshots only the chosen ones' tensors are touched
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
 def chosen(paths: list[Path], last: int, every: int) -> list[dict]:
