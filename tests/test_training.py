@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -432,3 +433,22 @@ def test_an_average_of_checkpoints_exports_with_its_steps_on_the_card(tmp_path, 
     gains = [torch.load(path, weights_only=False)["model"]["log_gain"] for path in snapshots]
     assert not torch.equal(*gains)
     torch.testing.assert_close(tensors["log_gain"], (gains[0] + gains[1]) / 2)
+
+
+def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, photos):
+    """benchmarks/validation_bdrate.py --checkpoint measures a checkpoint as the run's validation did at its step."""
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY[:-2], "--kodak-dir", photos,
+             "--eval-every", 2, cwd=tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_bdrate.py"
+
+    def lines(*options):
+        out = subprocess.run([sys.executable, script, run, "--kodak", photos, *options], check=True,
+                             capture_output=True, text=True, cwd=tmp_path, timeout=600).stdout
+        return [line for line in out.splitlines() if line.startswith("run step")]
+
+    missing = subprocess.run([sys.executable, script, tmp_path, "--checkpoint"], capture_output=True, text=True)
+    assert missing.returncode == 2 and f"{tmp_path} has no checkpoint.pt to measure" in missing.stderr
+    logged, measured = lines(), lines("--checkpoint")
+    assert len(logged) == len(measured) == 1 and logged[0].startswith("run step 2: BD-rate vs JPEG")
+    assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
