@@ -15,7 +15,7 @@ import csv
 import json
 from pathlib import Path
 
-from validation_bdrate import bd_against
+from validation_bdrate import bd_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,10 +41,8 @@ def main() -> None:
     for manifest in args.manifests:
         for version, card in json.loads(manifest.read_text())["versions"].items():
             if "kodak" in card:
-                rates = {metric: bd_against(jpeg, card_rows(card), metric) for metric in ("mse", "ms-ssim")}
-                text = ", ".join(f"{metric} {'n/a (no overlap)' if bd is None else f'{bd:+.2f} %'}"
-                                 for metric, bd in rates.items())
-                print(f"{manifest} version {version} (step {card['steps']}): BD-rate vs JPEG {text}")
+                print(f"{manifest} version {version} (step {card['steps']}): BD-rate vs JPEG "
+                      f"{bd_text(jpeg, card_rows(card))}")
 
 
 if __name__ == "__main__":

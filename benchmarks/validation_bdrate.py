@@ -23,9 +23,7 @@ import numpy as np
 
 from caecodec.bdrate import bd_rate, ms_ssim_db
 from caecodec.bench import average, classical_settings, curves, measure
-from caecodec.evaluation import mean_measurement
-from caecodec.training import TrainingConfig, kodak_images, load_checkpoint_model
-from caecodec.zoo import level_configuration
+from caecodec.training import TrainingConfig, kodak_images, load_checkpoint_model, validation_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,11 +47,7 @@ def validations(run_dir: Path) -> dict[int, list[dict]]:
 def measured_now(run_dir: Path, images: list[np.ndarray]) -> dict[int, list[dict]]:
     """The run's checkpoint measured on `images` as its validation would: {step: rows like kodak.csv's}."""
     model, state = load_checkpoint_model(run_dir)
-    rows = []
-    for level in range(model.levels):
-        quality, metric = level_configuration(level)
-        rows.append({"quality": quality, "metric": metric, **mean_measurement(model.export(level), images).as_dict()})
-    return {state["step"]: rows}
+    return {state["step"]: validation_rows(model, range(model.levels), images, state["step"])}
 
 
 def curve_text(rows: list[dict], metric: str) -> str:
@@ -67,6 +61,12 @@ def bd_against(curve: dict, rows: list[dict], metric: str) -> float | None:
     if metric == "mse":
         return bd_rate(curve["bpp"], curve["psnr"], rates, [float(r["psnr"]) for r in points])
     return bd_rate(curve["bpp"], ms_ssim_db(curve["ms_ssim"]), rates, ms_ssim_db([float(r["ms_ssim"]) for r in points]))
+
+
+def bd_text(curve: dict, rows: list[dict]) -> str:
+    """The mse levels' BD-rate against `curve` on PSNR and the ms-ssim levels' on MS-SSIM, as one line's text."""
+    figures = {metric: bd_against(curve, rows, metric) for metric in ("mse", "ms-ssim")}
+    return ", ".join(f"{metric} {'n/a (no overlap)' if bd is None else f'{bd:+.2f} %'}" for metric, bd in figures.items())
 
 
 def main() -> None:
@@ -86,10 +86,7 @@ def main() -> None:
     for run_dir in args.run_dirs:
         steps = measured_now(run_dir, images) if args.checkpoint else validations(run_dir)
         for step, rows in sorted(steps.items()):
-            figures = {metric: bd_against(curve, rows, metric) for metric in ("mse", "ms-ssim")}
-            text = ", ".join(f"{metric} {'n/a (no overlap)' if bd is None else f'{bd:+.2f} %'}"
-                             for metric, bd in figures.items())
-            print(f"{run_dir.name} step {step}: BD-rate vs JPEG {text}; bpp/PSNR {curve_text(rows, 'mse')}; "
+            print(f"{run_dir.name} step {step}: BD-rate vs JPEG {bd_text(curve, rows)}; bpp/PSNR {curve_text(rows, 'mse')}; "
                   f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}", flush=True)
 
 

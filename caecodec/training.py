@@ -374,14 +374,22 @@ class Trainer:
     # -- evaluation ------------------------------------------------------------------------------
     def evaluate(self, images: list[np.ndarray]) -> list[dict]:
         """Each level on `images`, real bitstreams (a collective: every replica measures its share of the images)."""
-        mine = images[self.replicas.rank :: self.replicas.world]
-        rows = []
-        for level in self.config.levels:
-            quality, metric = zoo.level_configuration(level)
-            model = self.model.export(level)
-            result = mean_of(sum(self.replicas.gather([measure(model, image) for image in mine]), [])).as_dict()
-            rows.append({"step": self.step, "quality": quality, "metric": metric, "images": len(images), **result})
-        return rows
+        return validation_rows(self.model, self.config.levels, images, self.step, self.replicas)
+
+
+def validation_rows(model: VariableRateFactorizedPrior, levels, images: list[np.ndarray], step: int,
+                    replicas: Replicas | None = None) -> list[dict]:
+    """The rows of `kodak.csv`: each of `levels` exported and measured on `images`, real bitstreams; with
+    `replicas`, a collective in which each replica measures its share of the images."""
+    mine = images[replicas.rank :: replicas.world] if replicas else images
+    rows = []
+    for level in levels:
+        quality, metric = zoo.level_configuration(level)
+        exported = model.export(level)
+        measurements = [measure(exported, image) for image in mine]
+        result = mean_of(sum(replicas.gather(measurements), []) if replicas else measurements).as_dict()
+        rows.append({"step": step, "quality": quality, "metric": metric, "images": len(images), **result})
+    return rows
 
 
 def level_shares(levels, mse_share: float) -> np.ndarray:
