@@ -1,16 +1,17 @@
 """How much the analysis transform leaves on the table: the amortization gap of bundled weights.
 
-    python3 benchmarks/amortization_gap.py --version 6        # docs/amortization_gap.json (about 15 min)
+    python3 benchmarks/amortization_gap.py --version 13       # docs/amortization_gap.json (about 15 min)
 
 On a 256×256 crop of each of the 8 validation images (one core):
 
 (a) the synthesis transform's own limit: the latent optimised directly for MSE (Adam, no quantization),
     against the analysis transform's latent g_a(x) (`transform_limit.py`'s "unquantized");
-(b) encoder-side refinement at a level: the level's gained latent optimised for the level's own
-    rate–distortion loss (distortion through rounding with a straight-through gradient, rate under
-    uniform noise as in training), then rounded about the medians as coding does: bpp, PSNR and loss
-    before and after. Decoding is unchanged; only the encoder would pay (one synthesis forward and
-    backward pass per iteration).
+(b) encoder-side refinement at a level, as `ConvolutionalAutoencoder(refine=N)` does it (caecodec.refinement:
+    the latent optimised for the level's own rate–distortion loss, distortion through rounding with a
+    straight-through gradient, rate under uniform noise as in training, Adam's step on a cosine), then
+    rounded about the medians as coding does: bpp (ideal code length), PSNR and loss before and after.
+    Session 8's figures (docs/training.md) came from this script's first form, a constant step and the
+    last iterate on the variable-rate model's gained latent; the exported level is the same function.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from caecodec import weights, zoo
+from caecodec import weights
+from caecodec.refinement import LevelLoss, Refinement, refine
 from caecodec.training import TrainingConfig, kodak_images
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,54 +53,24 @@ def synthesis_limit(model, x: torch.Tensor, iterations: int) -> tuple[float, flo
     return start, psnr(x, model.g_s(y).detach())
 
 
-class Level:
-    """A level's rounding, rate and distortion on its gained latent."""
-
-    def __init__(self, model, level: int):
-        self.model, self.level = model, level
-        self.density = model.entropy_bottlenecks[level]
-        self.medians = self.density.quantiles[:, 0, 1][None, :, None, None].detach()
-        self.lam = zoo.level_lambda(level)
-
-    def gained_latent(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.model.analysis(self.level)(x) * torch.exp(self.model.log_gain[self.level])[None, :, None, None]).detach()
-
-    def rounded(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.round(z - self.medians) + self.medians
-
-    def bits(self, values: torch.Tensor) -> torch.Tensor:
-        flat = values.transpose(0, 1).reshape(self.density.channels, 1, -1)
-        return -torch.log2(self.density.likelihood_lower_bound(self.density._likelihood(flat)[0])).sum()
-
-    def reconstruction(self, values: torch.Tensor) -> torch.Tensor:
-        return self.model.g_s(values * torch.exp(self.model.log_inverse_gain[self.level])[None, :, None, None])
-
-    def training_loss(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        straight_through = z + (self.rounded(z) - z).detach()
-        distortion = torch.mean((self.reconstruction(straight_through) - x) ** 2)
-        bits = self.bits(z + torch.empty_like(z).uniform_(-0.5, 0.5))
-        return self.lam * 255**2 * distortion + bits / x[0, 0].numel()
-
-    @torch.no_grad()
-    def coded(self, z: torch.Tensor, x: torch.Tensor) -> dict:
-        values = self.rounded(z)
-        x_hat = self.reconstruction(values)
-        bpp = float(self.bits(values)) / x[0, 0].numel()
-        loss = self.lam * 255**2 * float(torch.mean((x_hat - x) ** 2)) + bpp
-        return {"bpp": bpp, "psnr": psnr(x, x_hat), "loss": loss}
+def coded(level: LevelLoss, latent: torch.Tensor, x: torch.Tensor) -> dict:
+    """The latent rounded about the medians as coding does: its bpp (ideal code length), PSNR and the level's loss."""
+    with torch.no_grad():
+        values = level.rounded(latent)
+        bpp = float(level.bits_per_pixel(values))
+        x_hat = level.model.g_s(values)
+        loss = level.refinement.lam * 255**2 * float(torch.mean((x_hat - x) ** 2)) + bpp
+    return {"bpp": bpp, "psnr": psnr(x, x_hat), "loss": loss}
 
 
-def refine(level: Level, x: torch.Tensor, iterations: int, lr: float) -> tuple[dict, dict]:
-    z = level.gained_latent(x)
-    before = level.coded(z, x)
-    z.requires_grad_(True)
-    optimizer = torch.optim.Adam([z], lr=lr)
-    for _ in range(iterations):
-        loss = level.training_loss(z, x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return before, level.coded(z.detach(), x)
+def refined_rows(model, quality: int, x: torch.Tensor, iterations: int, lr: float) -> tuple[dict, dict]:
+    """The crop at mse `quality` as analysed and as `ConvolutionalAutoencoder(refine=iterations)` refines it
+    (caecodec.refinement, first step `lr`), each measured as coding measures it."""
+    refinement = Refinement(iterations, quality, "mse", lr)
+    level = LevelLoss(model, x, x.shape[-2], x.shape[-1], refinement)
+    with torch.no_grad():
+        analysed = model.g_a(x)
+    return coded(level, analysed, x), coded(level, refine(model, x, analysed, x.shape[-2], x.shape[-1], refinement), x)
 
 
 def mean_of(rows: list[dict]) -> dict:
@@ -110,7 +82,7 @@ def main() -> None:
     parser.add_argument("--version", type=int, required=True, help="bundled weights version")
     parser.add_argument("--qualities", default="2,5,8", help="mse levels to refine (the loss is MSE's)")
     parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=0.005, help="Adam's step on the gained latent (bins)")
+    parser.add_argument("--lr", type=float, default=0.005, help="Adam's first step on the latent (bins)")
     parser.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "amortization_gap.json")
     args = parser.parse_args()
@@ -123,15 +95,15 @@ def main() -> None:
                                         "optimised": round(float(np.mean([b for _, b in limits])), 3)}}
     print(f"v{args.version}, {len(crops)} crops of {CROP}×{CROP}: unquantized PSNR g_s(g_a(x)) "
           f"{results['synthesis_limit_psnr']['g_a']:.2f} dB, latent optimised {results['synthesis_limit_psnr']['optimised']:.2f} dB")
-    for quality in args.qualities.split(","):
-        name, level = f"mse-{quality}", Level(model, zoo.level_index(int(quality), "mse"))
-        pairs = [refine(level, x, args.iterations, args.lr) for x in crops]
+    for quality in (int(q) for q in args.qualities.split(",")):
+        name, level_model = f"mse-{quality}", weights.load(quality, "mse", "bundled", args.version).model
+        pairs = [refined_rows(level_model, quality, x, args.iterations, args.lr) for x in crops]
         before, after = mean_of([b for b, _ in pairs]), mean_of([a for _, a in pairs])
         results[name] = {"analysis": before, "refined": after}
         print(f"{name}: {before['bpp']:.4f} bpp {before['psnr']:.2f} dB loss {before['loss']:.3f} -> "
               f"{after['bpp']:.4f} bpp {after['psnr']:.2f} dB loss {after['loss']:.3f}")
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
-    existing[f"bundled v{args.version}, {args.iterations} iterations, lr {args.lr}"] = results
+    existing[f"bundled v{args.version}, caecodec.refinement, {args.iterations} iterations, first step {args.lr}"] = results
     args.output.write_text(json.dumps(existing, indent=1) + "\n")
 
 

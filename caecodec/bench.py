@@ -118,10 +118,11 @@ def classical_settings(names: Sequence[str], quick: bool, threads: int) -> list[
     return settings
 
 
-def caecodec_curve_name(metric: str, weights: str) -> str:
+def caecodec_curve_name(metric: str, weights: str, refine: int = 0) -> str:
+    name = f"caecodec-{metric}" + (f" refine {refine}" if refine else "")
     if weights == "bundled":
-        return f"caecodec-{metric}"
-    return f"caecodec-{metric} ({'compressai' if weights == 'compressai' else Path(weights).name})"
+        return name
+    return f"{name} ({'compressai' if weights == 'compressai' else Path(weights).name})"
 
 
 def model_file_size(quality: int, metric: str, weights: str) -> int:
@@ -136,16 +137,21 @@ def model_file_size(quality: int, metric: str, weights: str) -> int:
     return Path(weights).stat().st_size
 
 
-def caecodec_settings(qualities: Sequence[int], metrics: Sequence[str], weights: str) -> list[Setting]:
+def caecodec_settings(qualities: Sequence[int], metrics: Sequence[str], weights: str,
+                      refine: Sequence[int] = (0,)) -> list[Setting]:
+    """A curve per metric and refinement (`refine` iterations, 0 for the analysis transform's latent as is)."""
     from .codec import ConvolutionalAutoencoder
 
     settings = []
-    for metric in metrics:
-        for quality in qualities:
-            codec = ConvolutionalAutoencoder(quality=quality, metric=metric, weights=weights)
-            settings.append(Setting(caecodec_curve_name(metric, weights), f"caecodec {metric}", quality, codec.encode,
-                                    codec.decode, metric=metric, model_bytes=model_file_size(quality, metric, weights),
-                                    details=lambda data, c=codec: entropy_details(c, data)))
+    for iterations in refine:
+        for metric in metrics:
+            label = f"caecodec {metric}" + (f" refine {iterations}" if iterations else "")
+            for quality in qualities:
+                codec = ConvolutionalAutoencoder(quality=quality, metric=metric, weights=weights, refine=iterations)
+                settings.append(Setting(caecodec_curve_name(metric, weights, iterations), label, quality,
+                                        codec.encode, codec.decode, metric=metric,
+                                        model_bytes=model_file_size(quality, metric, weights),
+                                        details=lambda data, c=codec: entropy_details(c, data)))
     return settings
 
 
@@ -358,7 +364,7 @@ def run_benchmark(folder: str | Path | None = None, output: str | Path = "bench-
                   metrics: Sequence[str] = zoo.METRICS, codecs: Sequence[str] | None = None,
                   quick: bool = False, max_images: int | None = None, visual: Sequence[str] = (),
                   visual_setting: str | None = None, threads: int = 1, published: str | Path | None = "auto",
-                  progress: bool = True, command: str | None = None) -> dict:
+                  progress: bool = True, command: str | None = None, refine: Sequence[int] = (0,)) -> dict:
     """Run the benchmark and write its results into `output`; returns what results.json holds.
 
     folder: images to compress (default ../shared/data/kodak); weights: "bundled", "compressai" or a
@@ -366,7 +372,8 @@ def run_benchmark(folder: str | Path | None = None, output: str | Path = "bench-
     names from CLASSICAL (default all); quick: two images and three settings per codec; visual: image
     names (file stems) for the comparison page, matched to the caecodec configuration `visual_setting`
     ("mse-4"-like); published: the folder of CompressAI's published Kodak JSON files, "auto" for
-    ../shared's, None for none.
+    ../shared's, None for none; refine: a caecodec curve per number of encoder-side refinement iterations
+    (0: the analysis transform's latent, the default encoder).
     """
     started = time.perf_counter()
     folder = Path(folder) if folder is not None else shared_path("data", "kodak")
@@ -390,7 +397,7 @@ def run_benchmark(folder: str | Path | None = None, output: str | Path = "bench-
     import torch
 
     torch.set_num_threads(threads)
-    settings = caecodec_settings(qualities, metrics, weights) + classical_settings(codecs, quick, threads)
+    settings = caecodec_settings(qualities, metrics, weights, refine) + classical_settings(codecs, quick, threads)
     rows, averages = _measure_all(settings, images, progress)
     results = _analyse(rows, averages, settings, published_curves)
     results["environment"] = _environment(folder, images, weights, threads, command)

@@ -22,6 +22,12 @@ def check_weights_version(version, weights: str) -> None:
         raise ValueError(f"weights_version pins a version of the bundled weights; found weights={weights!r}")
 
 
+def check_refine(iterations) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
+        raise ValueError(f"refine is a number of refinement iterations, an integer from 0; found {iterations!r}")
+    return iterations
+
+
 def check_chunk(chunk) -> np.ndarray:
     """The chunk as a uint8 array (..., H, W, 3), or a ValueError naming what is wrong with it."""
     array = np.asarray(chunk)
@@ -46,14 +52,18 @@ class ConvolutionalAutoencoder(Codec):
     float32 latent (..., ceil(H/16), ceil(W/16), M) instead of pixels, skipping the synthesis transform;
     weights_version: the bundled weights version to write with (default: the newest installed). Pin it to
     keep an array written over time in one latent space: chunks of other versions still decode (each chunk
-    names its version), but their latents are not comparable.
+    names its version), but their latents are not comparable. refine: encoder-side refinement, the number
+    of Adam iterations that optimise each chunk's latent for its level's rate-distortion loss before coding
+    (default 0: the analysis transform's latent as is). Each iteration costs a synthesis forward and backward
+    pass, about two plain encodes; the chunks are ordinary chunks that any caecodec decodes (docs/refinement.md).
     """
 
     codec_id = "caecodec.cae"
 
     def __init__(self, quality: int = 8, metric: str = "mse", gpu: bool = True, weights: str = "bundled",
-                 partial_decompress: bool = False, weights_version: int | None = None):
+                 partial_decompress: bool = False, weights_version: int | None = None, refine: int = 0):
         zoo.check_configuration(quality, metric)
+        self.refine = check_refine(refine)
         if not isinstance(weights, str):
             weights = str(weights)
         check_weights_version(weights_version, weights)
@@ -73,6 +83,8 @@ class ConvolutionalAutoencoder(Codec):
             config["partial_decompress"] = True
         if self.weights_version is not None:
             config["weights_version"] = self.weights_version
+        if self.refine:
+            config["refine"] = self.refine
         return config
 
     def __repr__(self) -> str:
@@ -85,6 +97,8 @@ class ConvolutionalAutoencoder(Codec):
             parts.append("partial_decompress=True")
         if self.weights_version is not None:
             parts.append(f"weights_version={self.weights_version}")
+        if self.refine:
+            parts.append(f"refine={self.refine}")
         return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- models --------------------------------------------------------------------------------
@@ -98,6 +112,11 @@ class ConvolutionalAutoencoder(Codec):
     def latent_channels(self) -> int:
         return self._model().tables.channels
 
+    def _refinement(self):
+        from .refinement import Refinement
+
+        return Refinement(self.refine, self.quality, self.metric) if self.refine else None
+
     # -- coding --------------------------------------------------------------------------------
     def encode(self, buf) -> bytes:
         from .compression import analyse
@@ -109,8 +128,8 @@ class ConvolutionalAutoencoder(Codec):
         loaded = self._model()
         images = chunk.reshape(-1, *chunk.shape[-3:])
         with thread_count_independent_convolutions():
-            symbols = np.concatenate([analyse(loaded.model, image[None], loaded.tables, loaded.device)
-                                      for image in images])
+            symbols = np.concatenate([analyse(loaded.model, image[None], loaded.tables, loaded.device,
+                                              self._refinement()) for image in images])
         return self.encode_latent(symbols, chunk.shape)
 
     def analyse_in_context(self, region: np.ndarray, offset: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
@@ -122,7 +141,8 @@ class ConvolutionalAutoencoder(Codec):
         loaded = self._model()
         with thread_count_independent_convolutions():
             return analyse_in_context(loaded.model, check_chunk(region), loaded.tables, offset,
-                                      (latent_size(shape[-3]), latent_size(shape[-2])), loaded.device)
+                                      (latent_size(shape[-3]), latent_size(shape[-2])), loaded.device,
+                                      self._refinement())
 
     def encode_latent(self, symbols: np.ndarray, shape: tuple[int, ...]) -> bytes:
         """The chunk bytes of a chunk of `shape` (..., H, W, 3) whose latent symbols are given, int32

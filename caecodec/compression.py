@@ -11,6 +11,7 @@ from torch.nn import functional as F
 
 from .coding import CdfTables
 from .models import DOWNSAMPLING, FactorizedPrior
+from .refinement import Refinement, refine
 
 
 def latent_size(pixels: int) -> int:
@@ -29,17 +30,24 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def analyse(model: FactorizedPrior, images: np.ndarray, tables: CdfTables, device: str = "cpu") -> np.ndarray:
-    """The quantized latent symbols round(g_a(x) - median), int32 (B, M, ceil(H/16), ceil(W/16))."""
-    y = model.g_a(to_tensor(images).to(device)).cpu().numpy()
-    centred = y - tables.medians[None, :, None, None]
+def analyse(model: FactorizedPrior, images: np.ndarray, tables: CdfTables, device: str = "cpu",
+            refinement: Refinement | None = None) -> np.ndarray:
+    """The quantized latent symbols round(y - median), int32 (B, M, ceil(H/16), ceil(W/16)), where y is
+    g_a(x), refined image by image for the level's loss when `refinement` asks for it (refinement.py)."""
+    x = to_tensor(images).to(device)
+    y = model.g_a(x)
+    if refinement is not None:
+        height, width = images.shape[1:3]
+        y = torch.cat([refine(model, x[i : i + 1], y[i : i + 1], height, width, refinement) for i in range(len(y))])
+    centred = y.cpu().numpy() - tables.medians[None, :, None, None]
     if not np.all(np.isfinite(centred)) or np.abs(centred).max(initial=0) > 2**30:
         raise ValueError("the analysis transform produced a non-finite or huge latent: the weights are broken")
     return np.round(centred).astype(np.int32)
 
 
 def analyse_in_context(model: FactorizedPrior, region: np.ndarray, tables: CdfTables, offset: tuple[int, int],
-                       latent_shape: tuple[int, int], device: str = "cpu") -> np.ndarray:
+                       latent_shape: tuple[int, int], device: str = "cpu",
+                       refinement: Refinement | None = None) -> np.ndarray:
     """The symbols (1, M, *latent_shape) of the chunk that starts `offset` = (rows, cols) pixels into `region`
     (uint8 (h, w, 3): the chunk and the real pixels around it), analysed together with its neighbours.
 
@@ -54,7 +62,7 @@ def analyse_in_context(model: FactorizedPrior, region: np.ndarray, tables: CdfTa
         raise ValueError(f"the chunk's offset in its region must be a multiple of {DOWNSAMPLING} on both axes; "
                          f"found {offset}")
     first_row, first_col = top // DOWNSAMPLING, left // DOWNSAMPLING
-    symbols = analyse(model, region[None], tables, device)
+    symbols = analyse(model, region[None], tables, device, refinement)
     symbols = symbols[..., first_row : first_row + latent_shape[0], first_col : first_col + latent_shape[1]]
     missing_rows, missing_cols = latent_shape[0] - symbols.shape[-2], latent_shape[1] - symbols.shape[-1]
     return np.pad(symbols, ((0, 0), (0, 0), (0, missing_rows), (0, missing_cols)))

@@ -37,12 +37,13 @@ class CAECodec(ArrayBytesCodec):
     weights: str = "bundled"
     partial_decompress: bool = False
     weights_version: int | None = None
+    refine: int = 0
     _core: ConvolutionalAutoencoder = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         zoo.check_configuration(self.quality, self.metric)
         core = ConvolutionalAutoencoder(self.quality, self.metric, self.gpu, self.weights, self.partial_decompress,
-                                        self.weights_version)
+                                        self.weights_version, self.refine)
         object.__setattr__(self, "_core", core)
 
     @classmethod

@@ -198,6 +198,22 @@ def test_checkpoint_weights_make_one_configuration(crops, tmp_path):
     assert results["bd_rate"] == [] and results["published"] == {}
 
 
+def test_each_refinement_is_a_curve_of_its_own(crops, tmp_path):
+    from caecodec.bench import run_benchmark
+
+    results = run_benchmark(crops, tmp_path, qualities=(6,), metrics=("mse",), codecs=("jpeg",), max_images=1,
+                            refine=(0, 4), progress=False, published=None)
+    curves = results["curves"]
+    assert set(curves) == {"caecodec-mse", "caecodec-mse refine 4", "jpeg"}
+    assert {row["anchor"] for row in results["bd_rate"] if row["codec"] == "caecodec-mse refine 4"} == {"jpeg"}
+    from caecodec.zoo import LAMBDAS
+
+    lam = 255**2 * LAMBDAS["mse"][6 - 1]  # the refined point has the lower loss λ·255²·MSE + bpp
+    plain, refined = (curves[name] for name in ("caecodec-mse", "caecodec-mse refine 4"))
+    loss = [lam * 10 ** (-c["psnr"][0] / 10) + c["bpp"][0] for c in (plain, refined)]
+    assert loss[1] < loss[0]
+
+
 def test_default_folder_is_kodak(tmp_path):
     require(KODAK)
     done = run_cli("-o", str(tmp_path), "--quick", "--max-images", "1", "--qualities", "4", "--metrics", "mse", "--codecs",
@@ -218,6 +234,8 @@ def test_default_folder_is_kodak(tmp_path):
     (["{crops}", "--weights", "{missing}"], "is none of them"),
     (["{crops}", "--visual", "kodim23", "--visual-setting", "best"], "visual setting must look like 'mse-4'"),
     (["{crops}", "--published", "{missing}"], "published results folder"),
+    (["{crops}", "--refine", "0,-5"], "--refine takes iteration counts from 0"),
+    (["{crops}", "--refine", "many"], "--refine takes iteration counts from 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(arguments, message, crops, tmp_path):
     from PIL import Image

@@ -27,6 +27,16 @@ def _qualities(text: str | None) -> list[int] | None:
         raise UsageError(f"--qualities takes integers from 1 to 8 separated by commas, found {text!r}") from None
 
 
+def _refinements(text: str) -> list[int]:
+    try:
+        refine = [int(n) for n in _names(text)]
+    except ValueError:
+        refine = []
+    if not refine or min(refine) < 0:
+        raise UsageError(f"--refine takes iteration counts from 0 separated by commas, found {text!r}")
+    return refine
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("folder", nargs="?", help="folder of images (default: ../shared/data/kodak when present)")
     parser.add_argument("-o", "--output", default="bench-results", help="results folder (default: bench-results)")
@@ -43,6 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads per codec (default: 1)")
     parser.add_argument("--published", default="auto",
                         help="folder of CompressAI's published Kodak JSON files to plot ('none' to skip; default: ../shared's)")
+    parser.add_argument("--refine", default="0",
+                        help="a caecodec curve per count of encoder-side refinement iterations, e.g. 0,20 (default: 0)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -56,7 +68,7 @@ def run(args) -> int:
         codecs=args.codecs, quick=args.quick, max_images=args.max_images, visual=args.visual,
         visual_setting=args.visual_setting, threads=args.threads,
         published=None if args.published == "none" else args.published, progress=not args.quiet,
-        command=shlex.join(["caecodec", *sys.argv[1:]]),
+        command=shlex.join(["caecodec", *sys.argv[1:]]), refine=_refinements(args.refine),
     )
     if not args.quiet:
         print(f"{len(results['measurements'])} measurements in {results['environment']['seconds']:.0f} s; "

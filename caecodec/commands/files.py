@@ -14,6 +14,10 @@ def add_codec_arguments(parser) -> None:
     parser.add_argument("-q", "--quality", type=int, default=8, choices=range(1, 9), metavar="1-8",
                         help="1 (smallest) to 8 (best fidelity); default 8")
     parser.add_argument("-m", "--metric", default="mse", choices=("mse", "ms-ssim"))
+    parser.add_argument("--refine", type=int, default=0, metavar="N",
+                        help="encoder-side refinement: N iterations that optimise each chunk's latent for its "
+                             "quality's rate-distortion loss; each costs about two plain encodes "
+                             "(default 0: off; docs/refinement.md)")
     add_weights_argument(parser)
 
 
@@ -37,7 +41,7 @@ def add_independent_chunks_argument(parser, direction: str) -> None:
 def codec_from(args):
     from ..codec import ConvolutionalAutoencoder
 
-    return ConvolutionalAutoencoder(args.quality, args.metric, weights=args.weights)
+    return ConvolutionalAutoencoder(args.quality, args.metric, weights=args.weights, refine=args.refine)
 
 
 def for_each_file(work, items: list) -> None:

@@ -20,7 +20,8 @@ def codec_arguments(args) -> dict:
     from ..zarr3 import CAECodec
 
     configuration = {"quality": args.quality, "metric": args.metric, "weights": args.weights,
-                     "weights_version": latest_version() if args.weights == "bundled" else None}
+                     "weights_version": latest_version() if args.weights == "bundled" else None,
+                     "refine": args.refine}
     if args.zarr_format == 2:
         return {"compressors": ConvolutionalAutoencoder(**configuration)}
     return {"serializer": CAECodec(**configuration), "compressors": None}
