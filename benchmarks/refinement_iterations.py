@@ -2,10 +2,11 @@
 
     python3 benchmarks/refinement_iterations.py       # docs/refinement_iterations.json (about 25 min, one core)
 
-The first --images Kodak images at the mse --qualities of the bundled weights, each refined with every
---settings entry (iterations:first step in bins) as `ConvolutionalAutoencoder(refine=N)` refines (real chunk
-bytes, real decoding): mean bpp, PSNR, the level's loss λ·255²·MSE + bpp and its change against the
-analysis transform's latent, and the encode seconds per image.
+The first --images Kodak images at the --metric's --qualities of the bundled weights, each refined with
+every --settings entry (iterations:first step in bins, or "auto": the level's own step in
+refinement.FIRST_STEPS, the codec's default) as `ConvolutionalAutoencoder(refine=N)` refines (real chunk
+bytes, real decoding): mean bpp, PSNR, MS-SSIM, the level's loss (λ·255²·MSE or λ·(1 − MS-SSIM), + bpp)
+and its change against the analysis transform's latent, and the encode seconds per image.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from caecodec import ConvolutionalAutoencoder, zoo
 from caecodec.codec import thread_count_independent_convolutions
 from caecodec.compression import analyse
-from caecodec.evaluation import psnr
+from caecodec.evaluation import ms_ssim, psnr
 from caecodec.refinement import Refinement
 from caecodec.training import kodak_images
 
@@ -37,9 +38,16 @@ def coded(codec: ConvolutionalAutoencoder, image: np.ndarray, refinement: Refine
     seconds = time.perf_counter() - started
     bpp = 8 * len(chunk) / (image.shape[0] * image.shape[1])
     decoded = codec.decode(chunk)
-    mse = float(np.mean((decoded.astype(np.float64) - image) ** 2))
-    return {"bpp": bpp, "psnr": psnr(image, decoded), "loss": zoo.LAMBDAS["mse"][codec.quality - 1] * mse + bpp,
-            "seconds": seconds}
+    distortion = level_distortion(codec.metric, image, decoded)
+    return {"bpp": bpp, "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
+            "loss": zoo.LAMBDAS[codec.metric][codec.quality - 1] * distortion + bpp, "seconds": seconds}
+
+
+def level_distortion(metric: str, image: np.ndarray, decoded: np.ndarray) -> float:
+    """D of the level's training loss: 255²·MSE (mse) or 1 − MS-SSIM (ms-ssim)."""
+    if metric == "ms-ssim":
+        return 1 - ms_ssim(image, decoded)
+    return float(np.mean((decoded.astype(np.float64) - image) ** 2))
 
 
 def mean_of(rows: list[dict]) -> dict:
@@ -49,6 +57,7 @@ def mean_of(rows: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2)
+    parser.add_argument("--metric", choices=("mse", "ms-ssim"), default="mse")
     parser.add_argument("--qualities", default="2,5,8")
     parser.add_argument("--settings", default="5:0.02,10:0.01,10:0.02,10:0.04,20:0.02,40:0.02")
     parser.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
@@ -56,19 +65,21 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = kodak_images(str(args.kodak), args.images)
-    settings = [(int(n), float(lr)) for n, lr in (s.split(":") for s in args.settings.split(","))]
+    settings = [(int(n), None if step == "auto" else float(step))
+                for n, step in (setting.split(":") for setting in args.settings.split(","))]
     results = {}
     for quality in (int(q) for q in args.qualities.split(",")):
-        codec = ConvolutionalAutoencoder(quality, "mse")
+        codec = ConvolutionalAutoencoder(quality, args.metric)
         analysed = mean_of([coded(codec, image, None) for image in images])
-        results[f"mse-{quality}"] = {"analysis": analysed}
-        print(f"mse-{quality} analysis: {analysed}", flush=True)
+        results[f"{args.metric}-{quality}"] = {"analysis": analysed}
+        print(f"{args.metric}-{quality} analysis: {analysed}", flush=True)
         for iterations, step in settings:
-            refinement = Refinement(iterations, quality, "mse", step)
+            refinement = Refinement(iterations, quality, args.metric, step)
             row = mean_of([coded(codec, image, refinement) for image in images])
             row["loss_change_percent"] = round(100 * (row["loss"] / analysed["loss"] - 1), 2)
-            results[f"mse-{quality}"][f"{iterations} iterations, step {step}"] = row
-            print(f"mse-{quality} {iterations} iterations, step {step}: {row}", flush=True)
+            name = f"{iterations} iterations, step {'auto' if step is None else step}"
+            results[f"{args.metric}-{quality}"][name] = row
+            print(f"{args.metric}-{quality} {name}: {row}", flush=True)
     args.output.write_text(json.dumps({"images": args.images, "results": results}, indent=1) + "\n")
 
 

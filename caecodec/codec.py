@@ -127,9 +127,10 @@ class ConvolutionalAutoencoder(Codec):
         chunk = check_chunk(buf)
         loaded = self._model()
         images = chunk.reshape(-1, *chunk.shape[-3:])
+        refinement = self._refinement()
         with thread_count_independent_convolutions():
-            symbols = np.concatenate([analyse(loaded.model, image[None], loaded.tables, loaded.device,
-                                              self._refinement()) for image in images])
+            symbols = np.concatenate([analyse(loaded.model, image[None], loaded.tables, loaded.device, refinement)
+                                      for image in images])
         return self.encode_latent(symbols, chunk.shape)
 
     def analyse_in_context(self, region: np.ndarray, offset: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:

@@ -23,22 +23,32 @@ import torch
 
 from . import zoo
 
-LEARNING_RATE = 0.02  # Adam's first step in quantization bins, decayed to 0 on a cosine (docs/refinement.md)
+# Adam's first step in quantization bins per quality 1-8, decayed to 0 on a cosine. The step that pays in ten
+# iterations grows with the level, steeply at the top, where the analysis transform's latent lies farthest
+# from the synthesis's best (measured on version 14, docs/refinement.md, "The step"; the levels between the
+# measured ones interpolated).
+FIRST_STEPS = {"mse": (0.01, 0.015, 0.015, 0.02, 0.02, 0.04, 0.06, 0.09),
+               "ms-ssim": (0.01, 0.01, 0.01, 0.01, 0.015, 0.02, 0.03, 0.05)}
 MSSSIM_WINDOWS = (11, 9, 7, 5, 3)  # the largest whose five scales fit the chunk is used
 
 
 @dataclass(frozen=True)
 class Refinement:
-    """`iterations` Adam steps on the latent of a chunk coded at `quality`/`metric`."""
+    """`iterations` Adam steps on the latent of a chunk coded at `quality`/`metric`, the first `first_step`
+    quantization bins long (by default the level's own, FIRST_STEPS)."""
 
     iterations: int
     quality: int
     metric: str
-    learning_rate: float = LEARNING_RATE
+    first_step: float | None = None
 
     @property
     def lam(self) -> float:
         return zoo.LAMBDAS[self.metric][self.quality - 1]
+
+    @property
+    def step(self) -> float:
+        return FIRST_STEPS[self.metric][self.quality - 1] if self.first_step is None else self.first_step
 
 
 def msssim_window(height: int, width: int) -> int | None:
@@ -87,22 +97,24 @@ def refine(model, x: torch.Tensor, latent: torch.Tensor, height: int, width: int
         return latent
     noise = torch.Generator(device=x.device).manual_seed(0)
     variable = latent.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([variable], lr=refinement.learning_rate)
+    optimizer = torch.optim.Adam([variable], lr=refinement.step)
     best, best_loss = latent, math.inf
     with torch.enable_grad():
         for iteration in range(refinement.iterations + 1):
+            last = iteration == refinement.iterations
             rounded = loss.rounded(variable.detach())
-            distortion = loss.distortion(variable + (rounded - variable).detach())  # straight through the rounding
+            with torch.set_grad_enabled(not last):  # the last iterate is only scored
+                distortion = loss.distortion(variable + (rounded - variable).detach())  # straight through the rounding
             with torch.no_grad():
                 coded_loss = float(refinement.lam * distortion + loss.bits_per_pixel(rounded))
             if coded_loss < best_loss:
                 best, best_loss = variable.detach().clone(), coded_loss
-            if iteration == refinement.iterations:
+            if last:
                 break
             uniform = torch.rand(variable.shape, generator=noise, device=x.device) - 0.5
             objective = refinement.lam * distortion + loss.bits_per_pixel(variable + uniform)
             for group in optimizer.param_groups:  # a cosine from the first step to 0
-                group["lr"] = refinement.learning_rate * 0.5 * (1 + math.cos(math.pi * iteration / refinement.iterations))
+                group["lr"] = refinement.step * 0.5 * (1 + math.cos(math.pi * iteration / refinement.iterations))
             # autograd.grad, not backward(): the shared model's weights get no gradients, so concurrent
             # encodes with one loaded model do not write into each other's state
             (variable.grad,) = torch.autograd.grad(objective, variable)
