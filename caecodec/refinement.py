@@ -63,7 +63,7 @@ class LevelLoss:
     """λ·D + bits per pixel of one chunk's latent at a level; D over the chunk's real pixels only."""
 
     def __init__(self, model, x: torch.Tensor, height: int, width: int, refinement: Refinement):
-        self.model, self.refinement = model, refinement
+        self.model = model
         self.target = x[..., :height, :width]
         self.pixels = height * width * x.shape[0]
         self.medians = model.entropy_bottleneck.medians.to(x.device)[None, :, None, None]
