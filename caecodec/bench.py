@@ -118,8 +118,13 @@ def classical_settings(names: Sequence[str], quick: bool, threads: int) -> list[
     return settings
 
 
+def refine_suffix(iterations: int) -> str:
+    """What a curve's name and label add for encoder-side refinement (nothing for the plain encoder)."""
+    return f" refine {iterations}" if iterations else ""
+
+
 def caecodec_curve_name(metric: str, weights: str, refine: int = 0) -> str:
-    name = f"caecodec-{metric}" + (f" refine {refine}" if refine else "")
+    name = f"caecodec-{metric}" + refine_suffix(refine)
     if weights == "bundled":
         return name
     return f"{name} ({'compressai' if weights == 'compressai' else Path(weights).name})"
@@ -145,7 +150,7 @@ def caecodec_settings(qualities: Sequence[int], metrics: Sequence[str], weights:
     settings = []
     for iterations in refine:
         for metric in metrics:
-            label = f"caecodec {metric}" + (f" refine {iterations}" if iterations else "")
+            label = f"caecodec {metric}" + refine_suffix(iterations)
             for quality in qualities:
                 codec = ConvolutionalAutoencoder(quality=quality, metric=metric, weights=weights, refine=iterations)
                 settings.append(Setting(caecodec_curve_name(metric, weights, iterations), label, quality,
