@@ -38,16 +38,12 @@ def coded(codec: ConvolutionalAutoencoder, image: np.ndarray, refinement: Refine
     seconds = time.perf_counter() - started
     bpp = 8 * len(chunk) / (image.shape[0] * image.shape[1])
     decoded = codec.decode(chunk)
-    distortion = level_distortion(codec.metric, image, decoded)
-    return {"bpp": bpp, "psnr": psnr(image, decoded), "ms_ssim": ms_ssim(image, decoded),
+    similarity = ms_ssim(image, decoded)
+    # D of the level's training loss: 255²·MSE (mse) or 1 − MS-SSIM (ms-ssim)
+    mse = float(np.mean((decoded.astype(np.float64) - image) ** 2))
+    distortion = 1 - similarity if codec.metric == "ms-ssim" else mse
+    return {"bpp": bpp, "psnr": psnr(image, decoded), "ms_ssim": similarity,
             "loss": zoo.LAMBDAS[codec.metric][codec.quality - 1] * distortion + bpp, "seconds": seconds}
-
-
-def level_distortion(metric: str, image: np.ndarray, decoded: np.ndarray) -> float:
-    """D of the level's training loss: 255²·MSE (mse) or 1 − MS-SSIM (ms-ssim)."""
-    if metric == "ms-ssim":
-        return 1 - ms_ssim(image, decoded)
-    return float(np.mean((decoded.astype(np.float64) - image) ** 2))
 
 
 def mean_of(rows: list[dict]) -> dict:
