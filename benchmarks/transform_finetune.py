@@ -3,6 +3,7 @@
     python3 benchmarks/transform_finetune.py --version 7 --levels mse-8 --steps 2000     # about 20 min, one core
     python3 benchmarks/transform_finetune.py --version 7 --levels all --steps 2000
     python3 benchmarks/transform_finetune.py --version 9 --transform synthesis --levels all
+    python3 benchmarks/transform_finetune.py --version 15 --levels mse-1,…,mse-8 --widen 192 --precision fp32
 
 From bundled weights, only one transform trains, with the trained levels' rows of its gains: the analysis
 transform and the gains (`--transform analysis`), or the synthesis and the inverse gains (`synthesis`).
@@ -12,7 +13,9 @@ rate, as it was. The recipe is the main run's (128×128 crops of the training ph
 bfloat16 autocast, each level's loss divided by its running mean, levels drawn mse 60 % / ms-ssim 40 %), with
 Adam on a cosine from --lr to a tenth of it. If one latent serving sixteen levels is what holds the encoder
 back, an encoder fine-tuned for a single level gains there what one fine-tuned for all sixteen, given the same
-steps, does not. Measured with real bitstreams on the 8 validation images; results go to
+steps, does not. `--widen` asks the other question, whether the mse analysis transform lacks capacity: its
+hidden layers grow to that many channels before training, the new ones starting with no effect on the old (their
+outgoing weights zero), so the widened transform starts out computing exactly the bundled one. Measured with real bitstreams on the 8 validation images; results go to
 docs/transform_finetune.json.
 """
 
@@ -29,6 +32,8 @@ import torch
 
 from caecodec import weights, zoo
 from caecodec.evaluation import mean_measurement
+from caecodec.layers import GDN
+from caecodec.models import analysis_transform
 from caecodec.training import CropSampler, TrainingConfig, kodak_images, level_shares, rate_distortion_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +71,28 @@ def trained_parameters(model, transform: str, levels: list[int]) -> list[torch.n
     return parameters
 
 
+def widened_analysis(analysis: torch.nn.Sequential, width: int) -> torch.nn.Sequential:
+    """`analysis` with `width` channels in its hidden layers, computing the same function: the new channels get
+    fresh weights in, zero weights out (in the convolutions and in the GDNs' normalisation pools)."""
+    old_width, m = analysis[0].out_channels, analysis[-1].out_channels
+    if width < old_width:
+        raise ValueError(f"--widen {width} is narrower than the transform's {old_width} channels")
+    wide = analysis_transform(width, m)
+    with torch.no_grad():
+        for old, new in zip(analysis, wide):
+            if isinstance(old, GDN):
+                new.beta[:old_width] = old.beta
+                new.gamma[:, :old_width] = new.gamma_reparam.init(torch.zeros(width, old_width))
+                new.gamma[:old_width, :old_width] = old.gamma
+                new.gamma[:old_width, old_width:] = new.gamma_reparam.init(torch.zeros(old_width, width - old_width))
+            else:
+                outputs, inputs = old.weight.shape[:2]
+                new.weight[:outputs, :inputs] = old.weight
+                new.weight[:outputs, inputs:] = 0
+                new.bias[:outputs] = old.bias
+    return wide
+
+
 def measure_levels(model, levels: list[int], images: list[np.ndarray]) -> dict:
     results = {}
     for level in levels:
@@ -88,16 +115,22 @@ def main() -> None:
     parser.add_argument("--measure", default="mse-2,mse-5,mse-8", help="levels measured on the validation images")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam's peak; a cosine takes it to a tenth")
+    parser.add_argument("--widen", type=int, help="channels of the mse analysis transform's hidden layers")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="of the transforms")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--train-dir", type=Path, default=SHARED / "train")
     parser.add_argument("--kodak", type=Path, default=SHARED / "kodak")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "transform_finetune.json")
     args = parser.parse_args()
+    if args.widen and args.transform != "analysis":
+        parser.error("--widen widens the mse analysis transform: it needs --transform analysis")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     config = TrainingConfig(train_dir=str(args.train_dir), run_dir="", levels=tuple(parse_levels(args.levels)))
     generator = np.random.default_rng(config.seed)
     model = weights._variable_rate_model(args.version)
+    if args.widen:
+        model.g_a = widened_analysis(model.g_a, args.widen)
     optimizer = torch.optim.Adam(trained_parameters(model, args.transform, list(config.levels)), lr=args.lr)
     sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
     images = kodak_images(str(args.kodak), config.eval_images)
@@ -112,7 +145,7 @@ def main() -> None:
         for group in optimizer.param_groups:
             group["lr"] = args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 1) / args.steps)))
         model.train()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
             output = model(x, level)
         loss, _, _ = rate_distortion_loss(output, x, level, config.msssim_window)
         mean = loss_mean.get(level, float(loss.detach()))
@@ -127,7 +160,9 @@ def main() -> None:
     seconds = time.perf_counter() - started
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
     kind = "encoder" if args.transform == "analysis" else "decoder"
-    existing[f"v{args.version}, {kind} trained on {args.levels}, {args.steps} steps, lr {args.lr}"] = {
+    widened = f", widened to {args.widen}" if args.widen else ""
+    precision = f", {args.precision}" if args.precision != "bf16" else ""
+    existing[f"v{args.version}, {kind}{widened} trained on {args.levels}, {args.steps} steps, lr {args.lr}{precision}"] = {
         "seconds": round(seconds), "validation": history}
     args.output.write_text(json.dumps(existing, indent=1) + "\n")
 
