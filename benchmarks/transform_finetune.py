@@ -15,8 +15,8 @@ Adam on a cosine from --lr to a tenth of it. If one latent serving sixteen level
 back, an encoder fine-tuned for a single level gains there what one fine-tuned for all sixteen, given the same
 steps, does not. `--widen` asks the other question, whether the mse analysis transform lacks capacity: its
 hidden layers grow to that many channels before training, the new ones starting with no effect on the old (their
-outgoing weights zero), so the widened transform starts out computing exactly the bundled one. Measured with real bitstreams on the 8 validation images; results go to
-docs/transform_finetune.json.
+outgoing weights zero), so the widened transform starts out computing exactly the bundled one. Measured with real
+bitstreams on the 8 validation images; results go to docs/transform_finetune.json.
 """
 
 from __future__ import annotations
