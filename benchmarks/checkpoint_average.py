@@ -1,14 +1,16 @@
 """Average the weights of a run's last checkpoints into a checkpoint of their own, to export and compare.
 
+    caecodec train --run-dir runs/main --snapshots runs/snapshots ...   # keeps a checkpoint every 250 steps
     python3 benchmarks/checkpoint_average.py runs/avg runs/snapshots/*.pt --last 6 --every 500
 
 The training noise that a decaying learning rate removes (docs/training.md, "Cooldown branches") can also be
 averaged away: the mean of the weights at several steps near the end of a run (Polyak averaging, or LAWA in
 Kaddour 2022) lies nearer the valley's floor than any one of them. The snapshots are copies of a run's
-`checkpoint.pt` (written every 250 steps); of those, the `--last` ones `--every` steps apart are averaged,
-parameter by parameter (the densities' quantiles too: export refits them), and written with the newest
-snapshot's state as RUN_DIR/checkpoint.pt, which `caecodec train --run-dir RUN_DIR --export N` exports like
-any run's. The averaged steps are kept in the checkpoint (`averaged_steps`) and in the exported model card.
+`checkpoint.pt` at the steps of its checkpoint grid (`caecodec train --snapshots`); of those, the `--last`
+ones `--every` steps apart are averaged, parameter by parameter (the densities' quantiles too: export refits
+them), and written with the newest snapshot's state as RUN_DIR/checkpoint.pt, which `caecodec train --run-dir
+RUN_DIR --export N` exports like any run's. The averaged steps are kept in the checkpoint (`averaged_steps`)
+and in the exported model card.
 """
 
 from __future__ import annotations

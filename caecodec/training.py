@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ class TrainingConfig:
     train_dir: str
     run_dir: str
     kodak_dir: str | None = None
+    snapshot_dir: str | None = None  # keeps every checkpoint on the checkpoint_every grid, for averaging
     n: int = 128
     m: int = 192
     levels: tuple[int, ...] = tuple(range(16))  # the levels trained, see zoo.level_index
@@ -65,6 +67,9 @@ class TrainingConfig:
             raise ValueError(f"mse_share is a fraction of the steps, between 0 and 1, not {self.mse_share}")
         if not any(self.mse_share if level < 8 else 1 - self.mse_share for level in self.levels):
             raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps")
+        for name in ("checkpoint_every", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} is a number of steps, at least 1, not {getattr(self, name)}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         smallest = (self.msssim_window - 1) * 2**4 + 1  # MS-SSIM's 5 scales: 4 halvings, then the window
@@ -98,7 +103,7 @@ class TrainingConfig:
 
 PRECISIONS = ("fp32", "bf16")
 SCHEDULE_SETTINGS = ("peak_lr", "final_lr", "warmup_steps", "total_steps")
-PLACES = ("run_dir", "kodak_dir", "train_dir")  # where things are, not how a run trains
+PLACES = ("run_dir", "kodak_dir", "train_dir", "snapshot_dir")  # where things are, not how a run trains
 
 
 def defaults(dataclass_type) -> dict:
@@ -223,6 +228,22 @@ class Trainer:
             temporary = path.with_suffix(".tmp")
             torch.save(self.state(random_states), temporary)
             os.replace(temporary, path)  # atomic: a killed run never leaves half a checkpoint
+        if self.config.snapshot_dir and self.step % self.config.checkpoint_every == 0:
+            self.snapshot(Path(self.config.snapshot_dir))
+
+    def snapshot(self, directory: Path) -> None:
+        """Keep the checkpoint just written as directory/step-NNNNNNN.pt (benchmarks/checkpoint_average.py's input).
+
+        Only steps on the checkpoint grid: a stop between them writes a checkpoint the average must not count.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        kept = directory / f"step-{self.step:07d}.pt"
+        if kept.exists():  # a run stopped on the grid saves its step twice
+            return
+        try:  # a checkpoint is replaced, never rewritten in place: a hard link is a copy that costs nothing
+            os.link(self.checkpoint_path, kept)
+        except OSError:  # another file system
+            shutil.copyfile(self.checkpoint_path, kept)
 
     def resume(self, path: Path | None = None) -> bool:
         path = path or self.checkpoint_path

@@ -200,6 +200,8 @@ def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, phot
     (["--crop", "64"], "crop 64 is too small for the ms-ssim levels: MS-SSIM with window 7 needs crops of at least 97"),
     (["--levels", "0,16"], "levels must be indexes 0-15 (0-7 mse q1-8, 8-15 ms-ssim), not (0, 16)"),
     (["--precision", "fp16"], "precision must be one of fp32, bf16, not 'fp16'"),
+    (["--checkpoint-every", "0"], "checkpoint_every is a number of steps, at least 1, not 0"),
+    (["--eval-every", "-5"], "eval_every is a number of steps, at least 1, not -5"),
     (["--levels", "mse"], "--levels takes 'all' or comma-separated level indexes 0-15, not 'mse'"),
 ])
 def test_bad_training_settings_are_one_line(tmp_path, photos, arguments, message):
@@ -416,13 +418,26 @@ def test_a_restart_warms_up_to_the_schedules_rate_not_the_peak():
     assert config.lr(0) == config.peak_lr / config.warmup_steps and config.lr(config.warmup_steps - 1) == config.peak_lr
 
 
+def test_snapshots_keep_the_checkpoints_on_the_grid_and_survive_the_next_ones(tmp_path, photos):
+    """--snapshots keeps the checkpoints of steps 2, 4, 6, not the stop at step 5, each as it was written."""
+    run, snapshots = tmp_path / "run", tmp_path / "snapshots"
+    train = ["train", "--train-dir", photos, "--run-dir", run, "--snapshots", snapshots, *TINY]
+    caecodec(*train, "--steps", 5, "--checkpoint-every", 2, cwd=tmp_path)
+    caecodec(*train, "--steps", 1, cwd=tmp_path)  # the grid is the run's own
+    kept = sorted(snapshots.iterdir())
+    assert [path.name for path in kept] == ["step-0000002.pt", "step-0000004.pt", "step-0000006.pt"]
+    states = [torch.load(path, weights_only=False) for path in kept]
+    assert [state["step"] for state in states] == [2, 4, 6]
+    assert all(torch.equal(states[-1]["model"][k], v) for k, v in model_state(run).items())
+    assert not torch.equal(states[0]["model"]["log_gain"], states[1]["model"]["log_gain"])
+
+
 def test_an_average_of_checkpoints_exports_with_its_steps_on_the_card(tmp_path, photos):
     """benchmarks/checkpoint_average.py: the mean of a run's snapshots is a checkpoint that exports like a run's."""
-    run, snapshots = tmp_path / "run", []
-    for step in (2, 4):
-        caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
-        snapshots.append(tmp_path / f"snapshot-{step}.pt")
-        snapshots[-1].write_bytes((run / "checkpoint.pt").read_bytes())
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--snapshots", tmp_path / "snapshots", "--steps", 4,
+             "--checkpoint-every", 2, *TINY, cwd=tmp_path)
+    snapshots = sorted((tmp_path / "snapshots").iterdir())
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoint_average.py"
     average = [sys.executable, script, tmp_path / "average", *snapshots, "--every", "2"]
     missing = subprocess.run([*average, "--last", "3"], capture_output=True, text=True, cwd=tmp_path)

@@ -21,6 +21,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--run-dir", default=str(cache_dir() / "train" / "main"), help="run state (outside git)")
     parser.add_argument("--train-dir", default=_shared("train"), help="folder of training images")
+    parser.add_argument("--snapshots", metavar="DIR", help="keep a copy of every checkpoint on the --checkpoint-every "
+                                                           "grid in DIR (for benchmarks/checkpoint_average.py)")
     parser.add_argument("--kodak-dir", default=_shared("kodak"), help="validation images (Kodak)")
     parser.add_argument("--steps", type=int, default=1000, help="steps to train in this invocation")
     # recipe settings default to the run's own (its checkpoint's), so a resume need not repeat them
@@ -47,6 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cooldown-from", metavar="RUN_DIR",
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
+    parser.add_argument("--checkpoint-every", type=int,
+                        help="steps between checkpoints (default: the run's, else 250)")
     parser.add_argument("--eval-every", type=int, help="steps between Kodak validations (default: the run's, else 2000)")
     parser.add_argument("--total-steps", type=int,
                         help="step at which the cosine learning-rate schedule reaches its final rate "
@@ -87,10 +91,11 @@ def run(args) -> int:
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
     given = {"n": args.n, "m": args.m, "crop": args.crop, "batch": args.batch, "levels": _levels(args.levels),
-             "mse_share": args.mse_share,
+             "mse_share": args.mse_share, "checkpoint_every": args.checkpoint_every,
              "eval_every": args.eval_every, "total_steps": args.total_steps, "precision": args.precision,
              "metric_encoders": args.metric_encoders or args.metric_decoders, "metric_decoders": args.metric_decoders}
     config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
+                                   snapshot_dir=args.snapshots,
                                    **{name: value for name, value in given.items() if value is not None})
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
                     cooldown_steps=args.cooldown_steps, processes=args.processes)
