@@ -116,15 +116,21 @@ def initial_gains(levels) -> list[float]:
     return [math.sqrt(zoo.level_lambda(level) / reference[zoo.level_configuration(level)[1]]) for level in levels]
 
 
+def training_photos(folder: str | Path) -> list[torch.Tensor]:
+    """Every PNG and JPEG photo in `folder`, decoded once: uint8 tensors, 3×H×W."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"training images folder not found: {folder}")
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not paths:
+        raise ValueError(f"no PNG or JPEG images in {folder}")
+    return [torch.from_numpy(load_rgb(p)).permute(2, 0, 1).contiguous() for p in paths]
+
+
 class CropSampler:
     """Random crops of training photos held in memory, with random downscaling and horizontal flips."""
 
     def __init__(self, folder: str, crop: int, min_scale: float):
-        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
-        if not paths:
-            raise ValueError(f"no PNG or JPEG images in {folder}")
-        self.images = [torch.from_numpy(load_rgb(p)).permute(2, 0, 1).contiguous() for p in paths]
-        self.images = [image for image in self.images if min(image.shape[1:]) >= crop]
+        self.images = [image for image in training_photos(folder) if min(image.shape[1:]) >= crop]
         self.crop, self.min_scale = crop, min_scale
 
     def sample(self, generator: np.random.Generator, count: int) -> torch.Tensor:
@@ -572,15 +578,86 @@ def fit_quantiles(model: VariableRateFactorizedPrior, steps: int = 4000) -> floa
     return float(sum(bottleneck.loss() for bottleneck in model.entropy_bottlenecks).detach())
 
 
+@torch.no_grad()
+def photo_latents(model: VariableRateFactorizedPrior, images: list[torch.Tensor]) -> dict[bool, torch.Tensor]:
+    """Each analysis transform's latent of whole `images` (uint8, 3×H×W, cut to multiples of 16), as
+    {is_ms_ssim: (channels, positions)}."""
+    latents = {}
+    for level in sorted({0, model.levels - 1}):
+        analysis = model.analysis(level)
+        rows = []
+        for image in images:
+            height, width = (side // 16 * 16 for side in image.shape[1:])
+            rows.append(analysis(image[None, :, :height, :width].float() / 255).flatten(2)[0])
+        latents[model.is_ms_ssim(level)] = torch.cat(rows, 1)
+    return latents
+
+
+def symbol_counts(values: torch.Tensor, medians: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How often each channel of `values` (channels, positions) rounds to each symbol about `medians`: the
+    symbols (those that occur in some channel) and the counts, (channels, symbols)."""
+    symbols = torch.round(values - medians[:, None]).long()
+    low, span = int(symbols.min()), int(symbols.max() - symbols.min()) + 1
+    channels = torch.arange(len(symbols))[:, None] * span
+    counts = torch.bincount((symbols - low + channels).flatten(), minlength=len(symbols) * span).reshape(-1, span)
+    occurring = counts.sum(0) > 0
+    return torch.arange(counts.shape[1])[occurring] + low, counts[:, occurring].float()
+
+
+def fit_densities(model: VariableRateFactorizedPrior, images: list[torch.Tensor], iterations: int = 2000,
+                  lr: float = 1e-3) -> list[dict]:
+    """Fit every level's density to the code length of the rounded latents of whole training photos.
+
+    Training fits each density to latents with uniform noise in place of rounding, of 128- or 256-pixel crops
+    whose small latent is mostly border; coding rounds the latent of a whole image, mostly interior. For fixed
+    transforms and gains the real code length is a sum over each channel's symbol histogram, so the fit costs
+    one analysis pass over the photos and a few thousand small steps; it changes the rate only (docs/training.md,
+    "Densities refitted at export"). The quantiles are left to `fit_quantiles`. Returns, per level, the mean
+    bits per latent element on the photos before and after.
+    """
+    latents = photo_latents(model, images)
+    problems = []
+    for level, bottleneck in enumerate(model.entropy_bottlenecks):
+        values = latents[model.is_ms_ssim(level)] * torch.exp(model.log_gain[level].detach())[:, None]
+        symbols, counts = symbol_counts(values, bottleneck.medians)
+        points = (bottleneck.medians[:, None] + symbols[None, :].float())[:, None, :]
+        problems.append((bottleneck, points, counts / counts.sum()))
+
+    def bits(bottleneck, points, shares) -> torch.Tensor:
+        likelihood = bottleneck.likelihood_lower_bound(bottleneck._likelihood(points)[0][:, 0, :])
+        return -(shares * torch.log2(likelihood)).sum()
+
+    before = [float(bits(*problem).detach()) for problem in problems]
+    densities = [p for name, p in model.entropy_bottlenecks.named_parameters() if not name.endswith("quantiles")]
+    optimizer = torch.optim.Adam(densities, lr=lr)
+    for _ in range(iterations):
+        loss = sum(bits(*problem) for problem in problems)  # the levels are independent: Adam steps each alike
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    after = [float(bits(*problem).detach()) for problem in problems]
+    return [{"level": level, "bits_before": round(b, 5), "bits_after": round(a, 5)}
+            for level, (b, a) in enumerate(zip(before, after))]
+
+
 def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_dir: str | None = None,
-                  bundle_dir: Path | None = None) -> dict:
-    """Write a training run's weights as bundled version `version`, with its model card in the manifest."""
+                  bundle_dir: Path | None = None, train_dir: str | Path | None = None,
+                  density_iterations: int = 2000) -> dict:
+    """Write a training run's weights as bundled version `version`, with its model card in the manifest.
+
+    The densities are first refitted to the whole photos of `train_dir` (by default the run's own), see
+    `fit_densities`; `density_iterations` 0 exports them as trained."""
     from . import weights
 
     bundle_dir = Path(bundle_dir or weights.BUNDLE_DIR)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model, state = load_checkpoint_model(run_dir)
     step, config = state["step"], state["config"]  # the checkpoint's own recipe, not a config.json beside it
+    density_fit = None
+    if density_iterations:
+        photos = training_photos(train_dir or config["train_dir"])
+        density_fit = {"photos": len(photos), "iterations": density_iterations,
+                       "levels": fit_densities(model, photos, density_iterations)}
     aux_loss = fit_quantiles(model)
     path = bundle_dir / f"v{version}.safetensors"
     weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
@@ -597,6 +674,7 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
            "averaged_steps": state.get("averaged_steps")},  # benchmarks/checkpoint_average.py
         "lambdas": zoo.LAMBDAS,
         "aux_loss_after_quantile_fit": round(aux_loss, 1),
+        "density_fit": density_fit,
     }
     if kodak_dir:
         bundled = weights.variable_rate_from_tensors(_load_tensors(path), model.n, model.m)

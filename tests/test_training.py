@@ -17,6 +17,7 @@ from PIL import Image
 
 from caecodec import weights
 from caecodec.entropy_models import EntropyBottleneck
+from caecodec.evaluation import mean_measurement
 from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, train
 from caecodec.models import VariableRateFactorizedPrior
 
@@ -39,12 +40,13 @@ def photos(tmp_path_factory, sample_image):
     return folder
 
 
-def export(run_dir, version, cwd):
+def export(run_dir, version, cwd, density_iterations=50):
     """`caecodec train --export` of a run into `cwd/bundle`: the command's output, the version's card, its tensors."""
     from safetensors.torch import load_file
 
     bundle = cwd / "bundle"
-    out = caecodec("train", "--run-dir", run_dir, "--export", version, "--bundle-dir", bundle, "--kodak-dir", "", cwd=cwd)
+    out = caecodec("train", "--run-dir", run_dir, "--export", version, "--bundle-dir", bundle, "--kodak-dir", "",
+                   "--density-iterations", density_iterations, cwd=cwd)
     card = json.loads((bundle / "manifest.json").read_text())["versions"][str(version)]
     return out, card, load_file(bundle / f"v{version}.safetensors")
 
@@ -104,6 +106,37 @@ def test_export_and_plot(tmp_path, photos):
     exported = model.export(3)
     stored = tensors["entropy_bottlenecks.3._quantized_cdf"].numpy()
     np.testing.assert_array_equal(exported.entropy_bottleneck.cdf_tables().quantized_cdf, stored)
+
+
+def test_export_refits_the_densities_to_the_whole_photos(tmp_path, photos):
+    """The densities are refitted at export to the rounded latents of the whole training photos: fewer bits for
+    every level on them, the transforms and gains untouched; --density-iterations 0 keeps them as trained."""
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
+    _, refitted_card, refitted = export(run, 1, tmp_path, density_iterations=200)
+    _, plain_card, plain = export(run, 2, tmp_path, density_iterations=0)
+    fit = refitted_card["density_fit"]
+    assert fit["photos"] == 3 and fit["iterations"] == 200 and [row["level"] for row in fit["levels"]] == list(range(16))
+    assert all(row["bits_after"] < row["bits_before"] for row in fit["levels"]), fit["levels"]
+    assert plain_card["density_fit"] is None
+    density = "entropy_bottlenecks.5.matrices.0"
+    assert not torch.equal(refitted[density], plain[density])
+    assert all(torch.equal(refitted[name], plain[name]) for name in refitted if not name.startswith("entropy_bottlenecks"))
+    trained, _ = load_checkpoint_model(run)
+    torch.testing.assert_close(plain[density], trained.state_dict()[density])
+    images = [np.array(Image.open(path).convert("RGB")) for path in sorted(photos.iterdir())]
+    coded = [mean_measurement(weights.variable_rate_from_tensors(tensors, 8, 8).export(5), images)
+             for tensors in (refitted, plain)]  # real bitstreams
+    assert coded[0].bpp < coded[1].bpp and coded[0].psnr == pytest.approx(coded[1].psnr, abs=0.05)
+
+
+def test_export_names_a_missing_training_folder(tmp_path, photos):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--run-dir", str(run), "--export", "3",
+                             "--bundle-dir", str(tmp_path / "bundle"), "--train-dir", str(tmp_path / "gone")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().endswith(f"training images folder not found: {tmp_path / 'gone'}")
 
 
 def test_missing_training_folder_is_one_line(tmp_path):

@@ -60,6 +60,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--export", type=int, metavar="VERSION", help="only export the run as bundled weights")
     parser.add_argument("--provisional", action="store_true", help="with --export: mark the weights provisional")
     parser.add_argument("--bundle-dir", help="with --export: folder of the bundle (default: the package's weights)")
+    parser.add_argument("--density-iterations", type=int, default=2000,
+                        help="with --export: steps refitting the densities to the whole training photos "
+                             "(--train-dir, else the run's own folder); 0 exports them as trained")
 
 
 def run(args) -> int:
@@ -77,7 +80,10 @@ def run(args) -> int:
 
         if not (Path(args.run_dir) / "checkpoint.pt").exists():
             raise UsageError(f"no checkpoint in {args.run_dir}")
-        card = export_bundle(args.run_dir, args.export, args.provisional, args.kodak_dir, args.bundle_dir)
+        if args.density_iterations < 0:
+            raise UsageError(f"--density-iterations must be at least 0, not {args.density_iterations}")
+        card = export_bundle(args.run_dir, args.export, args.provisional, args.kodak_dir, args.bundle_dir,
+                             args.train_dir, args.density_iterations)
         print(f"wrote bundled weights version {args.export}: {card['file']} sha256 {card['sha256']}")
         return 0
     if not args.train_dir or not Path(args.train_dir).is_dir():
