@@ -579,18 +579,17 @@ def fit_quantiles(model: VariableRateFactorizedPrior, steps: int = 4000) -> floa
 
 
 @torch.no_grad()
-def photo_latents(model: VariableRateFactorizedPrior, images: list[torch.Tensor]) -> dict[bool, torch.Tensor]:
-    """Each analysis transform's latent of whole `images` (uint8, 3×H×W, cut to multiples of 16), as
-    {is_ms_ssim: (channels, positions)}."""
-    latents = {}
-    for level in sorted({0, model.levels - 1}):
-        analysis = model.analysis(level)
+def photo_latents(model: VariableRateFactorizedPrior, images: list[torch.Tensor]) -> dict[torch.nn.Module, torch.Tensor]:
+    """The latent of whole `images` (uint8, 3×H×W, cut to multiples of 16) under each of the model's analysis
+    transforms (one, or one per metric), as {transform: (channels, positions)}."""
+    def latent(analysis: torch.nn.Module) -> torch.Tensor:
         rows = []
         for image in images:
             height, width = (side // 16 * 16 for side in image.shape[1:])
             rows.append(analysis(image[None, :, :height, :width].float() / 255).flatten(2)[0])
-        latents[model.is_ms_ssim(level)] = torch.cat(rows, 1)
-    return latents
+        return torch.cat(rows, 1)
+
+    return {analysis: latent(analysis) for analysis in {model.analysis(level) for level in range(model.levels)}}
 
 
 def symbol_counts(values: torch.Tensor, medians: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -618,7 +617,7 @@ def fit_densities(model: VariableRateFactorizedPrior, images: list[torch.Tensor]
     latents = photo_latents(model, images)
     problems = []
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
-        values = latents[model.is_ms_ssim(level)] * torch.exp(model.log_gain[level].detach())[:, None]
+        values = latents[model.analysis(level)] * torch.exp(model.log_gain[level].detach())[:, None]
         symbols, counts = symbol_counts(values, bottleneck.medians)
         points = (bottleneck.medians[:, None] + symbols[None, :].float())[:, None, :]
         problems.append((bottleneck, points, counts / counts.sum()))
