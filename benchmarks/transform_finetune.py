@@ -34,7 +34,8 @@ from caecodec import weights, zoo
 from caecodec.evaluation import mean_measurement
 from caecodec.layers import GDN
 from caecodec.models import analysis_transform
-from caecodec.training import CropSampler, TrainingConfig, kodak_images, level_shares, rate_distortion_loss
+from caecodec.training import (CropSampler, TrainingConfig, kodak_images, level_shares, rate_distortion_loss,
+                               training_photos)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam's peak; a cosine takes it to a tenth")
     parser.add_argument("--widen", type=int, help="channels of the mse analysis transform's hidden layers")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="of the transforms")
+    parser.add_argument("--rounded", action="store_true",
+                        help="train on the rounded latent that coding decodes, not on the noisy one (synthesis only)")
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--train-dir", type=Path, default=SHARED / "train")
     parser.add_argument("--kodak", type=Path, default=SHARED / "kodak")
@@ -124,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.widen and args.transform != "analysis":
         parser.error("--widen widens the mse analysis transform: it needs --transform analysis")
+    if args.rounded and args.transform != "synthesis":
+        parser.error("--rounded has no gradient to give the analysis transform: it needs --transform synthesis")
     torch.manual_seed(0)
     torch.set_num_threads(1)
     config = TrainingConfig(train_dir=str(args.train_dir), run_dir="", levels=tuple(parse_levels(args.levels)))
@@ -132,7 +137,7 @@ def main() -> None:
     if args.widen:
         model.g_a = widened_analysis(model.g_a, args.widen)
     optimizer = torch.optim.Adam(trained_parameters(model, args.transform, list(config.levels)), lr=args.lr)
-    sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
+    sampler = CropSampler(training_photos(config.train_dir), config.crop, config.min_scale)
     images = kodak_images(str(args.kodak), config.eval_images)
     measured = [level_of(name) for name in args.measure.split(",")]
     history = {0: measure_levels(model.eval(), measured, images)}
@@ -146,7 +151,7 @@ def main() -> None:
             group["lr"] = args.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - 1) / args.steps)))
         model.train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            output = model(x, level)
+            output = model(x, level, noise=False if args.rounded else None)
         loss, _, _ = rate_distortion_loss(output, x, level, config.msssim_window)
         mean = loss_mean.get(level, float(loss.detach()))
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +167,8 @@ def main() -> None:
     kind = "encoder" if args.transform == "analysis" else "decoder"
     widened = f", widened to {args.widen}" if args.widen else ""
     precision = f", {args.precision}" if args.precision != "bf16" else ""
-    existing[f"v{args.version}, {kind}{widened} trained on {args.levels}, {args.steps} steps, lr {args.lr}{precision}"] = {
+    rounded = ", on rounded latents" if args.rounded else ""
+    existing[f"v{args.version}, {kind}{widened} trained on {args.levels}{rounded}, {args.steps} steps, lr {args.lr}{precision}"] = {
         "seconds": round(seconds), "validation": history}
     args.output.write_text(json.dumps(existing, indent=1) + "\n")
 

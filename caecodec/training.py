@@ -129,8 +129,8 @@ def training_photos(folder: str | Path) -> list[torch.Tensor]:
 class CropSampler:
     """Random crops of training photos held in memory, with random downscaling and horizontal flips."""
 
-    def __init__(self, folder: str, crop: int, min_scale: float):
-        self.images = [image for image in training_photos(folder) if min(image.shape[1:]) >= crop]
+    def __init__(self, photos: list[torch.Tensor], crop: int, min_scale: float):
+        self.images = [image for image in photos if min(image.shape[1:]) >= crop]
         self.crop, self.min_scale = crop, min_scale
 
     def sample(self, generator: np.random.Generator, count: int) -> torch.Tensor:
@@ -497,7 +497,7 @@ def _train(replicas: Replicas, config: TrainingConfig, steps: int, progress: boo
             trainer.start_from_bundle(weights.latest_version())
     if replicas.leader:
         (trainer.run_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
-    sampler = CropSampler(config.train_dir, config.crop, config.min_scale)
+    sampler = CropSampler(training_photos(config.train_dir), config.crop, config.min_scale)
     evaluation_images = kodak_images(config.kodak_dir, config.eval_images)
     target = trainer.step + steps if trainer.cooldown is None else min(trainer.step + steps, trainer.cooldown_end)
     bar = tqdm(total=steps, disable=not (progress and replicas.leader),
@@ -639,25 +639,74 @@ def fit_densities(model: VariableRateFactorizedPrior, images: list[torch.Tensor]
             for level, (b, a) in enumerate(zip(before, after))]
 
 
+def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, steps: int = 2000, lr: float = 1e-4,
+                  batch: int = 8, precision: str = "fp32", msssim_window: int = 7, seed: int = 0) -> list[str]:
+    """Fine-tune each synthesis transform, with its levels' inverse gains, to the rounded latents it decodes.
+
+    Training feeds the synthesis latents with uniform noise in place of rounding, so it never sees the integer
+    grid that coding hands it; the low levels, whose latents mostly round to the median, lose the most to that.
+    The analysis transforms, gains and densities stay frozen, so every latent and every rate stays as it was and
+    only the reconstruction moves (docs/training.md, "Synthesis refitted to rounded latents"). Each synthesis
+    trains `steps` steps on its own levels, drawn alike, batches of `sampler`'s crops, each level's loss divided by
+    its running mean as in training, Adam on a cosine from `lr` to a tenth of it. Returns the transforms fitted.
+    """
+    generator = np.random.default_rng(seed)
+    names = {id(module): name for name, module in model.named_children()}
+    fitted = []
+    model.requires_grad_(False)
+    for synthesis in {model.synthesis(level): None for level in range(model.levels)}:
+        levels = [level for level in range(model.levels) if model.synthesis(level) is synthesis]
+        parameters = [*synthesis.parameters(), model.log_inverse_gain]
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        loss_mean = {}
+        for step in range(steps):
+            level = levels[generator.integers(len(levels))]
+            x = sampler.sample(generator, batch)
+            optimizer.param_groups[0]["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                output = model(x, level, noise=False)
+            loss, _, _ = rate_distortion_loss(output, x, level, msssim_window)  # the rate is a constant here
+            mean = loss_mean.get(level, float(loss.detach()))
+            optimizer.zero_grad(set_to_none=True)
+            (loss / mean).backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            loss_mean[level] = 0.99 * mean + 0.01 * float(loss.detach())
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        fitted.append(names[id(synthesis)])
+    model.requires_grad_(True)
+    return fitted
+
+
 def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_dir: str | None = None,
                   bundle_dir: Path | None = None, train_dir: str | Path | None = None,
-                  density_iterations: int = 2000) -> dict:
+                  density_iterations: int = 2000, synthesis_steps: int = 2000) -> dict:
     """Write a training run's weights as bundled version `version`, with its model card in the manifest.
 
     The densities are first refitted to the whole photos of `train_dir` (by default the run's own), see
-    `fit_densities`; `density_iterations` 0 exports them as trained."""
+    `fit_densities`, then the synthesis transforms to the rounded latents of crops of them, see `fit_synthesis`;
+    `density_iterations` or `synthesis_steps` 0 exports those as trained."""
     from . import weights
 
     bundle_dir = Path(bundle_dir or weights.BUNDLE_DIR)
     bundle_dir.mkdir(parents=True, exist_ok=True)
     model, state = load_checkpoint_model(run_dir)
     step, config = state["step"], state["config"]  # the checkpoint's own recipe, not a config.json beside it
-    density_fit = None
+    density_fit = synthesis_fit = None
+    photos = training_photos(train_dir or config["train_dir"]) if density_iterations or synthesis_steps else None
     if density_iterations:
-        photos = training_photos(train_dir or config["train_dir"])
         density_fit = {"photos": len(photos), "iterations": density_iterations,
                        "levels": fit_densities(model, photos, density_iterations)}
-    aux_loss = fit_quantiles(model)
+    aux_loss = fit_quantiles(model)  # the medians that rounding, and so the synthesis fit, uses
+    if synthesis_steps:  # the recipe measured in docs/training.md
+        synthesis_fit = {"steps": synthesis_steps, "lr": 1e-4, "crop": 128, "batch": 8}
+        sampler = CropSampler(photos, synthesis_fit["crop"], config["min_scale"])
+        synthesis_fit["transforms"] = fit_synthesis(model, sampler, synthesis_steps, synthesis_fit["lr"],
+                                                    synthesis_fit["batch"], config.get("precision", "fp32"),
+                                                    config["msssim_window"])
     path = bundle_dir / f"v{version}.safetensors"
     weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
     card = {
@@ -674,6 +723,7 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
         "lambdas": zoo.LAMBDAS,
         "aux_loss_after_quantile_fit": round(aux_loss, 1),
         "density_fit": density_fit,
+        "synthesis_fit": synthesis_fit,
     }
     if kodak_dir:
         bundled = weights.variable_rate_from_tensors(_load_tensors(path), model.n, model.m)

@@ -40,13 +40,13 @@ def photos(tmp_path_factory, sample_image):
     return folder
 
 
-def export(run_dir, version, cwd, density_iterations=50):
+def export(run_dir, version, cwd, density_iterations=50, synthesis_steps=20):
     """`caecodec train --export` of a run into `cwd/bundle`: the command's output, the version's card, its tensors."""
     from safetensors.torch import load_file
 
     bundle = cwd / "bundle"
     out = caecodec("train", "--run-dir", run_dir, "--export", version, "--bundle-dir", bundle, "--kodak-dir", "",
-                   "--density-iterations", density_iterations, cwd=cwd)
+                   "--density-iterations", density_iterations, "--synthesis-steps", synthesis_steps, cwd=cwd)
     card = json.loads((bundle / "manifest.json").read_text())["versions"][str(version)]
     return out, card, load_file(bundle / f"v{version}.safetensors")
 
@@ -113,8 +113,8 @@ def test_export_refits_the_densities_to_the_whole_photos(tmp_path, photos):
     every level on them, the transforms and gains untouched; --density-iterations 0 keeps them as trained."""
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, cwd=tmp_path)
-    _, refitted_card, refitted = export(run, 1, tmp_path, density_iterations=200)
-    _, plain_card, plain = export(run, 2, tmp_path, density_iterations=0)
+    _, refitted_card, refitted = export(run, 1, tmp_path, density_iterations=200, synthesis_steps=0)
+    _, plain_card, plain = export(run, 2, tmp_path, density_iterations=0, synthesis_steps=0)
     fit = refitted_card["density_fit"]
     assert fit["photos"] == 3 and fit["iterations"] == 200 and [row["level"] for row in fit["levels"]] == list(range(16))
     assert all(row["bits_after"] < row["bits_before"] for row in fit["levels"]), fit["levels"]
@@ -130,6 +130,29 @@ def test_export_refits_the_densities_to_the_whole_photos(tmp_path, photos):
     assert coded[0].bpp < coded[1].bpp and coded[0].psnr == pytest.approx(coded[1].psnr, abs=0.05)
 
 
+def test_export_refits_the_synthesis_to_rounded_latents(tmp_path, photos):
+    """Each synthesis transform is refitted at export to the rounded latents it decodes: on the photos, with real
+    bitstreams, every level measured reconstructs better at the very same bits, since only the synthesis and the
+    inverse gains change; --synthesis-steps 0 keeps them as trained."""
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY, "--metric-decoders", cwd=tmp_path)
+    _, refitted_card, refitted = export(run, 1, tmp_path, density_iterations=0, synthesis_steps=150)
+    _, plain_card, plain = export(run, 2, tmp_path, density_iterations=0, synthesis_steps=0)
+    assert refitted_card["synthesis_fit"] == {"steps": 150, "lr": 1e-4, "crop": 128, "batch": 8,
+                                              "transforms": ["g_s", "g_s_ms_ssim"]}
+    assert plain_card["synthesis_fit"] is None
+    changed = {name for name in refitted if not torch.equal(refitted[name], plain[name])}
+    assert changed and all(name.startswith(("g_s.", "g_s_ms_ssim.", "log_inverse_gain")) for name in changed), changed
+    assert any(name.startswith("g_s_ms_ssim.") for name in changed)
+    images = [np.array(Image.open(path).convert("RGB")) for path in sorted(photos.iterdir())]
+    for level in (0, 7, 8):  # mse q1 and q8, ms-ssim q1: real bitstreams
+        coded = [mean_measurement(weights.variable_rate_from_tensors(tensors, 8, 8).export(level), images)
+                 for tensors in (refitted, plain)]
+        assert coded[0].bpp == coded[1].bpp
+        better = (coded[0].psnr > coded[1].psnr) if level < 8 else (coded[0].ms_ssim > coded[1].ms_ssim)
+        assert better, (level, coded)
+
+
 def test_export_names_a_missing_training_folder(tmp_path, photos):
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
@@ -137,6 +160,16 @@ def test_export_names_a_missing_training_folder(tmp_path, photos):
                              "--bundle-dir", str(tmp_path / "bundle"), "--train-dir", str(tmp_path / "gone")],
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().endswith(f"training images folder not found: {tmp_path / 'gone'}")
+
+
+@pytest.mark.parametrize("option", ["--density-iterations", "--synthesis-steps"])
+def test_a_negative_export_fit_is_one_line(tmp_path, photos, option):
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, cwd=tmp_path)
+    result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--run-dir", str(run), "--export", "3",
+                             "--bundle-dir", str(tmp_path / "bundle"), option, "-1"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().endswith(f"{option} must be at least 0, not -1")
+    assert not (tmp_path / "bundle").exists()
 
 
 def test_missing_training_folder_is_one_line(tmp_path):

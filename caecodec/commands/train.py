@@ -63,6 +63,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--density-iterations", type=int, default=2000,
                         help="with --export: steps refitting the densities to the whole training photos "
                              "(--train-dir, else the run's own folder); 0 exports them as trained")
+    parser.add_argument("--synthesis-steps", type=int, default=2000,
+                        help="with --export: steps refitting each synthesis transform to the rounded latents of "
+                             "crops of those photos; 0 exports them as trained")
 
 
 def run(args) -> int:
@@ -80,10 +83,11 @@ def run(args) -> int:
 
         if not (Path(args.run_dir) / "checkpoint.pt").exists():
             raise UsageError(f"no checkpoint in {args.run_dir}")
-        if args.density_iterations < 0:
-            raise UsageError(f"--density-iterations must be at least 0, not {args.density_iterations}")
+        for option in ("density_iterations", "synthesis_steps"):
+            if getattr(args, option) < 0:
+                raise UsageError(f"--{option.replace('_', '-')} must be at least 0, not {getattr(args, option)}")
         card = export_bundle(args.run_dir, args.export, args.provisional, args.kodak_dir, args.bundle_dir,
-                             args.train_dir, args.density_iterations)
+                             args.train_dir, args.density_iterations, args.synthesis_steps)
         print(f"wrote bundled weights version {args.export}: {card['file']} sha256 {card['sha256']}")
         return 0
     if not args.train_dir or not Path(args.train_dir).is_dir():
