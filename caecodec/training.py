@@ -639,16 +639,26 @@ def fit_densities(model: VariableRateFactorizedPrior, images: list[torch.Tensor]
             for level, (b, a) in enumerate(zip(before, after))]
 
 
-def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, steps: int = 2000, lr: float = 1e-4,
-                  batch: int = 8, precision: str = "fp32", msssim_window: int = 7, seed: int = 0) -> list[str]:
+@dataclass(frozen=True)
+class SynthesisFitRecipe:
+    """How `fit_synthesis` trains: the recipe measured in docs/training.md, recorded on the model card."""
+
+    steps: int = 2000  # per synthesis transform
+    lr: float = 1e-4  # Adam's peak; a cosine takes it to a tenth
+    crop: int = 128
+    batch: int = 8
+
+
+def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, recipe: SynthesisFitRecipe,
+                  precision: str = "fp32", msssim_window: int = 7, seed: int = 0) -> list[str]:
     """Fine-tune each synthesis transform, with its levels' inverse gains, to the rounded latents it decodes.
 
     Training feeds the synthesis latents with uniform noise in place of rounding, so it never sees the integer
     grid that coding hands it; the low levels, whose latents mostly round to the median, lose the most to that.
     The analysis transforms, gains and densities stay frozen, so every latent and every rate stays as it was and
     only the reconstruction moves (docs/training.md, "Synthesis refitted to rounded latents"). Each synthesis
-    trains `steps` steps on its own levels, drawn alike, batches of `sampler`'s crops, each level's loss divided by
-    its running mean as in training, Adam on a cosine from `lr` to a tenth of it. Returns the transforms fitted.
+    trains `recipe.steps` steps on its own levels, drawn alike, batches of `sampler`'s crops, each level's loss
+    divided by its running mean as in training. Returns the transforms fitted.
     """
     generator = np.random.default_rng(seed)
     names = {id(module): name for name, module in model.named_children()}
@@ -659,12 +669,12 @@ def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, step
         parameters = [*synthesis.parameters(), model.log_inverse_gain]
         for parameter in parameters:
             parameter.requires_grad_(True)
-        optimizer = torch.optim.Adam(parameters, lr=lr)
+        optimizer = torch.optim.Adam(parameters, lr=recipe.lr)
         loss_mean = {}
-        for step in range(steps):
+        for step in range(recipe.steps):
             level = levels[generator.integers(len(levels))]
-            x = sampler.sample(generator, batch)
-            optimizer.param_groups[0]["lr"] = lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+            x = sampler.sample(generator, recipe.batch)
+            optimizer.param_groups[0]["lr"] = recipe.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * step / recipe.steps)))
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 output = model(x, level, noise=False)
             loss, _, _ = rate_distortion_loss(output, x, level, msssim_window)  # the rate is a constant here
@@ -683,7 +693,7 @@ def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, step
 
 def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_dir: str | None = None,
                   bundle_dir: Path | None = None, train_dir: str | Path | None = None,
-                  density_iterations: int = 2000, synthesis_steps: int = 2000) -> dict:
+                  density_iterations: int = 2000, synthesis_steps: int = SynthesisFitRecipe.steps) -> dict:
     """Write a training run's weights as bundled version `version`, with its model card in the manifest.
 
     The densities are first refitted to the whole photos of `train_dir` (by default the run's own), see
@@ -701,12 +711,11 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
         density_fit = {"photos": len(photos), "iterations": density_iterations,
                        "levels": fit_densities(model, photos, density_iterations)}
     aux_loss = fit_quantiles(model)  # the medians that rounding, and so the synthesis fit, uses
-    if synthesis_steps:  # the recipe measured in docs/training.md
-        synthesis_fit = {"steps": synthesis_steps, "lr": 1e-4, "crop": 128, "batch": 8}
-        sampler = CropSampler(photos, synthesis_fit["crop"], config["min_scale"])
-        synthesis_fit["transforms"] = fit_synthesis(model, sampler, synthesis_steps, synthesis_fit["lr"],
-                                                    synthesis_fit["batch"], config.get("precision", "fp32"),
-                                                    config["msssim_window"])
+    if synthesis_steps:
+        recipe = SynthesisFitRecipe(steps=synthesis_steps)
+        sampler = CropSampler(photos, recipe.crop, config["min_scale"])
+        synthesis_fit = asdict(recipe) | {"transforms": fit_synthesis(model, sampler, recipe, config.get("precision", "fp32"),
+                                                                     config["msssim_window"])}
     path = bundle_dir / f"v{version}.safetensors"
     weights.write_bundle(model, path, {"version": str(version), "steps": str(step)})
     card = {
