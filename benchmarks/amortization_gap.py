@@ -53,13 +53,13 @@ def synthesis_limit(model, x: torch.Tensor, iterations: int) -> tuple[float, flo
     return start, psnr(x, model.g_s(y).detach())
 
 
-def coded(level: LevelLoss, latent: torch.Tensor, x: torch.Tensor) -> dict:
+def coded(level: LevelLoss, lam: float, latent: torch.Tensor, x: torch.Tensor) -> dict:
     """The latent rounded about the medians as coding does: its bpp (ideal code length), PSNR and the level's loss."""
     with torch.no_grad():
         values = level.rounded(latent)
         bpp = float(level.bits_per_pixel(values))
         x_hat = level.model.g_s(values)
-        loss = level.refinement.lam * 255**2 * float(torch.mean((x_hat - x) ** 2)) + bpp
+        loss = lam * 255**2 * float(torch.mean((x_hat - x) ** 2)) + bpp
     return {"bpp": bpp, "psnr": psnr(x, x_hat), "loss": loss}
 
 
@@ -70,7 +70,8 @@ def refined_rows(model, quality: int, x: torch.Tensor, iterations: int, lr: floa
     level = LevelLoss(model, x, x.shape[-2], x.shape[-1], refinement)
     with torch.no_grad():
         analysed = model.g_a(x)
-    return coded(level, analysed, x), coded(level, refine(model, x, analysed, x.shape[-2], x.shape[-1], refinement), x)
+    refined = refine(model, x, analysed, x.shape[-2], x.shape[-1], refinement)
+    return coded(level, refinement.lam, analysed, x), coded(level, refinement.lam, refined, x)
 
 
 def mean_of(rows: list[dict]) -> dict:

@@ -4,12 +4,16 @@
     python3 benchmarks/transform_finetune.py --version 7 --levels all --steps 2000
     python3 benchmarks/transform_finetune.py --version 9 --transform synthesis --levels all
     python3 benchmarks/transform_finetune.py --version 15 --levels mse-1,…,mse-8 --widen 192 --precision fp32
+    python3 benchmarks/transform_finetune.py --version 21 --transform both --levels mse-6,mse-7,mse-8 \
+        --measure mse-6,mse-7,mse-8 --steps 4000
 
-From bundled weights, only one transform trains, with the trained levels' rows of its gains: the analysis
+From bundled weights, one transform trains (or both, below), with the trained levels' rows of its gains: the analysis
 transform and the gains (`--transform analysis`), or the synthesis and the inverse gains (`synthesis`).
 Everything else stays frozen, the densities with their CDF tables too: training the analysis transform
 leaves the decoder the bundled one, bit for bit; training the synthesis leaves every latent, and so every
-rate, as it was. The recipe is the main run's (128×128 crops of the training photos, batch 8,
+rate, as it was. `--transform both` trains both transforms with the trained levels' gains, inverse gains and
+densities, as a pair of transforms of those levels' own would train (their quantiles and CDF tables are refitted
+before each measurement). The recipe is the main run's (128×128 crops of the training photos, batch 8,
 bfloat16 autocast, each level's loss divided by its running mean, levels drawn mse 60 % / ms-ssim 40 %), with
 Adam on a cosine from --lr to a tenth of it. If one latent serving sixteen levels is what holds the encoder
 back, an encoder fine-tuned for a single level gains there what one fine-tuned for all sixteen, given the same
@@ -34,8 +38,8 @@ from caecodec import weights, zoo
 from caecodec.evaluation import mean_measurement
 from caecodec.layers import GDN
 from caecodec.models import analysis_transform
-from caecodec.training import (CropSampler, TrainingConfig, kodak_images, level_shares, rate_distortion_loss,
-                               training_photos)
+from caecodec.training import (CropSampler, TrainingConfig, fit_quantiles, kodak_images, level_shares,
+                               rate_distortion_loss, training_photos)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -50,25 +54,39 @@ def parse_levels(text: str) -> list[int]:
     return list(range(len(zoo.METRICS) * len(zoo.QUALITIES))) if text == "all" else [level_of(n) for n in text.split(",")]
 
 
-TRANSFORMS = {"analysis": "log_gain", "synthesis": "log_inverse_gain"}  # a transform and the gains beside it
+GAINS = {"analysis": "log_gain", "synthesis": "log_inverse_gain"}  # a transform and the gains beside it
+TRANSFORMS = {"analysis": ["analysis"], "synthesis": ["synthesis"], "both": ["analysis", "synthesis"]}
 
 
 def transform_parameters(model, transform: str, levels: list[int]) -> list[torch.nn.Parameter]:
     """The parameters of the transforms (of kind `transform`) that the trained levels use."""
-    modules = {id(m): m for m in (getattr(model, transform)(level) for level in levels)}.values()
-    return [parameter for module in modules for parameter in module.parameters()]
+    modules = {id(m): m for kind in TRANSFORMS[transform] for m in (getattr(model, kind)(level) for level in levels)}
+    return [parameter for module in modules.values() for parameter in module.parameters()]
+
+
+def trained_densities(model, transform: str, levels: list[int]) -> list[torch.nn.Parameter]:
+    """The trained levels' densities when both transforms train: the latent, and so its density, moves too
+    (their quantiles are refitted before each measurement)."""
+    if transform != "both":
+        return []
+    return [p for level in levels for name, p in model.entropy_bottlenecks[level].named_parameters()
+            if name != "quantiles"]
 
 
 def trained_parameters(model, transform: str, levels: list[int]) -> list[torch.nn.Parameter]:
     """Freeze everything but the transform; of its gains, only the trained levels' rows move."""
     model.requires_grad_(False)
-    gains = getattr(model, TRANSFORMS[transform])
-    parameters = [*transform_parameters(model, transform, levels), gains]
+    gains = [getattr(model, GAINS[kind]) for kind in TRANSFORMS[transform]]
+    parameters = [*transform_parameters(model, transform, levels), *gains, *trained_densities(model, transform, levels)]
     for parameter in parameters:
         parameter.requires_grad_(True)
+    if transform == "both":  # for fit_quantiles
+        for level in levels:
+            model.entropy_bottlenecks[level].quantiles.requires_grad_(True)
     frozen = torch.ones(model.levels, 1)
     frozen[levels] = 0
-    gains.register_hook(lambda grad: grad.masked_fill(frozen.bool(), 0))
+    for gain in gains:
+        gain.register_hook(lambda grad: grad.masked_fill(frozen.bool(), 0))
     return parameters
 
 
@@ -94,7 +112,13 @@ def widened_analysis(analysis: torch.nn.Sequential, width: int) -> torch.nn.Sequ
     return wide
 
 
-def measure_levels(model, levels: list[int], images: list[np.ndarray]) -> dict:
+def measure_levels(model, levels: list[int], images: list[np.ndarray], retabulate: bool = False) -> dict:
+    """Real bitstreams of `levels`; `retabulate`: the densities trained, so refit the quantiles and rebuild the
+    CDF tables first."""
+    if retabulate:
+        fit_quantiles(model)
+        for level in levels:
+            model.entropy_bottlenecks[level].update()
     results = {}
     for level in levels:
         quality, metric = zoo.level_configuration(level)
@@ -160,11 +184,11 @@ def main() -> None:
         optimizer.step()
         loss_mean[level] = 0.99 * mean + 0.01 * float(loss.detach())
         if step % args.eval_every == 0 or step == args.steps:
-            history[step] = measure_levels(model.eval(), measured, images)
+            history[step] = measure_levels(model.eval(), measured, images, retabulate=args.transform == "both")
             report(step, history[step])
     seconds = time.perf_counter() - started
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
-    kind = "encoder" if args.transform == "analysis" else "decoder"
+    kind = {"analysis": "encoder", "synthesis": "decoder", "both": "encoder and decoder"}[args.transform]
     widened = f", widened to {args.widen}" if args.widen else ""
     precision = f", {args.precision}" if args.precision != "bf16" else ""
     rounded = ", on rounded latents" if args.rounded else ""
