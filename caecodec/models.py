@@ -45,7 +45,10 @@ class FactorizedPrior(nn.Module):
         return {"x_hat": self.g_s(y_hat), "likelihoods": {"y": likelihoods}}
 
 
-METRIC_TRANSFORMS = {"g_a_ms_ssim.": "g_a.", "g_s_ms_ssim.": "g_s."}  # the ms-ssim levels' own: the shared one it splits from
+# Transforms of some levels' own, in the order they are registered, each with the shared transform it splits from:
+# the ms-ssim levels' (levels 8-15), then the high mse levels' (HIGH_RATE_LEVELS).
+OWN_TRANSFORMS = {"g_a_ms_ssim.": "g_a.", "g_s_ms_ssim.": "g_s.", "g_a_mse_high.": "g_a.", "g_s_mse_high.": "g_s."}
+HIGH_RATE_LEVELS = range(5, 8)  # mse q6-q8: the levels the shared mse transforms serve worst (docs/training.md)
 
 
 def holds_metric_encoders(state: dict) -> bool:
@@ -58,33 +61,39 @@ def holds_metric_decoders(state: dict) -> bool:
     return "g_s_ms_ssim.0.weight" in state
 
 
+def holds_high_rate_transforms(state: dict) -> bool:
+    """Whether a VariableRateFactorizedPrior's state dict (or bundle) has transforms of the high mse levels' own."""
+    return "g_a_mse_high.0.weight" in state
+
+
 def shared_name(name: str) -> str | None:
-    """The shared transform's parameter that a per-metric transform's parameter `name` splits from (else None)."""
-    own = next((prefix for prefix in METRIC_TRANSFORMS if name.startswith(prefix)), None)
-    return METRIC_TRANSFORMS[own] + name[len(own):] if own else None
+    """The shared transform's parameter that an own transform's parameter `name` splits from (else None)."""
+    own = next((prefix for prefix in OWN_TRANSFORMS if name.startswith(prefix)), None)
+    return OWN_TRANSFORMS[own] + name[len(own):] if own else None
 
 
-def with_metric_transforms(state: dict, names) -> dict:
-    """`state` given each per-metric transform parameter of `names` (a network's state dict keys) that it lacks,
-    as a copy of the shared transform's: how a network splits a transform per metric."""
+def with_own_transforms(state: dict, names) -> dict:
+    """`state` given each own transform parameter of `names` (a network's state dict keys) that it lacks, as a
+    copy of the shared transform's: how a network splits a transform."""
     return state | {name: state[shared_name(name)].clone() for name in names if name not in state and shared_name(name)}
 
 
 def variable_rate_like(state: dict, n: int, m: int) -> VariableRateFactorizedPrior:
-    """A network of the shape of `state` (its levels and per-metric transforms), to load it into."""
+    """A network of the shape of `state` (its levels and own transforms), to load it into."""
     return VariableRateFactorizedPrior(n, m, [1.0] * state["log_gain"].shape[0], holds_metric_encoders(state),
-                                       holds_metric_decoders(state))
+                                       holds_metric_decoders(state), holds_high_rate_transforms(state))
 
 
 class VariableRateFactorizedPrior(nn.Module):
     """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
-    `g_a_ms_ssim`; with `metric_decoders` also a synthesis transform, `g_s_ms_ssim`. They are registered last,
-    the synthesis after the analysis, so that a network split from one with fewer transforms keeps the order,
-    and the optimizer state, of every parameter it had; for that order a synthesis per metric needs an
-    analysis transform per metric."""
+    `g_a_ms_ssim`; with `metric_decoders` also a synthesis transform, `g_s_ms_ssim`; with `high_rate_transforms`
+    the mse levels of HIGH_RATE_LEVELS have an analysis and a synthesis transform of their own, `g_a_mse_high` and
+    `g_s_mse_high`. They are registered last, in OWN_TRANSFORMS' order, so that a network split from one with
+    fewer transforms keeps the order, and the optimizer state, of every parameter it had; for that order each
+    needs the ones before it."""
 
     def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,), metric_encoders: bool = False,
-                 metric_decoders: bool = False):
+                 metric_decoders: bool = False, high_rate_transforms: bool = False):
         super().__init__()
         self.n, self.m = n, m
         self.g_a = analysis_transform(n, m)
@@ -95,12 +104,17 @@ class VariableRateFactorizedPrior(nn.Module):
         self.entropy_bottlenecks = nn.ModuleList(EntropyBottleneck(m) for _ in initial_gains)
         if metric_decoders and not metric_encoders:
             raise ValueError("a synthesis transform per metric needs an analysis transform per metric")
+        if high_rate_transforms and not metric_decoders:
+            raise ValueError("transforms of the high mse levels' own need a synthesis transform per metric")
         if metric_encoders and len(initial_gains) % 2:
             raise ValueError(f"transforms per metric need an mse and an ms-ssim half of the levels, not {len(initial_gains)}")
         if metric_encoders:
             self.g_a_ms_ssim = analysis_transform(n, m)
         if metric_decoders:
             self.g_s_ms_ssim = synthesis_transform(n, m)
+        if high_rate_transforms:
+            self.g_a_mse_high = analysis_transform(n, m)
+            self.g_s_mse_high = synthesis_transform(n, m)
 
     @property
     def levels(self) -> int:
@@ -114,15 +128,27 @@ class VariableRateFactorizedPrior(nn.Module):
     def metric_decoders(self) -> bool:
         return hasattr(self, "g_s_ms_ssim")
 
+    @property
+    def high_rate_transforms(self) -> bool:
+        return hasattr(self, "g_a_mse_high")
+
     def is_ms_ssim(self, level: int) -> bool:
         return level >= self.levels // 2
 
+    def is_high_rate(self, level: int) -> bool:
+        return self.high_rate_transforms and level in HIGH_RATE_LEVELS
+
     def analysis(self, level: int) -> nn.Module:
-        """The analysis transform of `level`: the ms-ssim levels' own, with metric encoders."""
+        """The analysis transform of `level`: the ms-ssim levels' own, with metric encoders; the high mse levels'
+        own, with high-rate transforms."""
+        if self.is_high_rate(level):
+            return self.g_a_mse_high
         return self.g_a_ms_ssim if self.metric_encoders and self.is_ms_ssim(level) else self.g_a
 
     def synthesis(self, level: int) -> nn.Module:
-        """The synthesis transform of `level`: the ms-ssim levels' own, with metric decoders."""
+        """The synthesis transform of `level`, chosen as its analysis transform is."""
+        if self.is_high_rate(level):
+            return self.g_s_mse_high
         return self.g_s_ms_ssim if self.metric_decoders and self.is_ms_ssim(level) else self.g_s
 
     def forward(self, x: torch.Tensor, level: int, noise: bool | None = None) -> dict:

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from . import zoo
 from .entropy_models import EntropyBottleneck
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import VariableRateFactorizedPrior, shared_name, variable_rate_like, with_metric_transforms
+from .models import VariableRateFactorizedPrior, shared_name, variable_rate_like, with_own_transforms
 from .parallel import Replicas
 
 
@@ -58,6 +58,7 @@ class TrainingConfig:
     precision: str = "fp32"  # "bf16": the transforms under bfloat16 autocast (docs/training.md, "Mixed precision")
     metric_encoders: bool = False  # an analysis transform per metric (docs/training.md, "Sharing the analysis transform")
     metric_decoders: bool = False  # and a synthesis transform per metric (docs/training.md, "Sharing the synthesis")
+    high_rate_transforms: bool = False  # and transforms of mse q6-q8's own (docs/training.md, "The high mse levels")
 
     def __post_init__(self):
         count = len(zoo.METRICS) * len(zoo.QUALITIES)
@@ -104,6 +105,7 @@ class TrainingConfig:
 PRECISIONS = ("fp32", "bf16")
 SCHEDULE_SETTINGS = ("peak_lr", "final_lr", "warmup_steps", "total_steps")
 PLACES = ("run_dir", "kodak_dir", "train_dir", "snapshot_dir")  # where things are, not how a run trains
+OWN_TRANSFORM_SETTINGS = ("metric_encoders", "metric_decoders", "high_rate_transforms")  # each needs the ones before it
 
 
 def defaults(dataclass_type) -> dict:
@@ -191,7 +193,8 @@ class Trainer:
     def _make_model(self) -> None:
         all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
         self.model = VariableRateFactorizedPrior(self.config.n, self.config.m, initial_gains(all_levels),
-                                                 self.config.metric_encoders, self.config.metric_decoders)
+                                                 self.config.metric_encoders, self.config.metric_decoders,
+                                                 self.config.high_rate_transforms)
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
@@ -262,10 +265,10 @@ class Trainer:
                              f"m={self.config.m} this run was given")
         names = self.model.state_dict().keys()
         if extra := sorted({k.split(".")[0] for k in state["model"].keys() - names if shared_name(k)}):
-            raise ValueError(f"{path} holds {' and '.join(extra)}, the ms-ssim levels' own transforms, which this run "
+            raise ValueError(f"{path} holds {' and '.join(extra)}, transforms of some levels' own, which this run "
                              "was not given: a run cannot merge them again")
         split = bool(names - state["model"].keys())
-        self.model.load_state_dict(with_metric_transforms(state["model"], names))
+        self.model.load_state_dict(with_own_transforms(state["model"], names))
         self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
@@ -316,14 +319,14 @@ class Trainer:
 
     def start_from(self, bundled, step: int) -> None:
         """Initialise from an exported variable-rate network trained for `step` steps, with a fresh optimizer."""
-        kept = {k: getattr(self.config, k) or getattr(bundled, k) for k in ("metric_encoders", "metric_decoders")}
+        kept = {k: getattr(self.config, k) or getattr(bundled, k) for k in OWN_TRANSFORM_SETTINGS}
         if kept != {k: getattr(self.config, k) for k in kept}:  # the bundle's transforms per metric are kept
             self.config = replace(self.config, **kept)
             self._make_model()
         # the tables are rebuilt at export from the trained densities
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(EntropyBottleneck.TABLES)}
         # a run asking for more transforms per metric than the bundle has starts each from the bundle's shared one
-        self.model.load_state_dict(with_metric_transforms(state, self.model.state_dict().keys()), strict=False)
+        self.model.load_state_dict(with_own_transforms(state, self.model.state_dict().keys()), strict=False)
         self.step = self.warmup_start = step
 
     def branch_from(self, run_dir: str | Path, steps: int) -> None:
@@ -721,7 +724,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
     card = {
         "file": path.name, "sha256": weights.sha256_file(path), "n": model.n, "m": model.m,
         "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior ("
-        + ("an analysis and a synthesis transform per metric" if model.metric_decoders else
+        + ("an analysis and a synthesis transform per metric and for mse q6-q8" if model.high_rate_transforms else
+           "an analysis and a synthesis transform per metric" if model.metric_decoders else
            "an analysis transform per metric, a shared synthesis" if model.metric_encoders else "shared transforms")
         + ", per-level channel gains and densities), transforms stored in fp16",
         "training_data": "shared/data/train (775 photos: BSDS500, ImageNet samples, Sun-Hays80)",

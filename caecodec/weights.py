@@ -108,7 +108,7 @@ def variable_rate_from_tensors(tensors: dict, n: int, m: int):
     return model.eval()
 
 
-TRANSFORMS = ("g_a.", "g_a_ms_ssim.", "g_s.", "g_s_ms_ssim.")  # stored in fp16
+TRANSFORMS = ("g_a.", "g_s.", "g_a_ms_ssim.", "g_s_ms_ssim.", "g_a_mse_high.", "g_s_mse_high.")  # stored in fp16
 
 
 def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:

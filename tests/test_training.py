@@ -388,10 +388,19 @@ def test_resume_with_another_architecture_names_both(tmp_path, photos):
         "not the n=16, m=8 this run was given"]
 
 
-SPLITS = {  # option: (the run it splits, the new transform, the shared one it copies, the bundle's architecture)
-    "--metric-encoders": ([], "g_a_ms_ssim.", "g_a.", "an analysis transform per metric, a shared synthesis"),
-    "--metric-decoders": (["--metric-encoders"], "g_s_ms_ssim.", "g_s.", "an analysis and a synthesis transform per metric"),
+SPLITS = {  # option: (the run it splits, the new transform, the shared one it copies, the bundle's architecture,
+    #                    a level coding with the new transform)
+    "--metric-encoders": ([], "g_a_ms_ssim.", "g_a.", "an analysis transform per metric, a shared synthesis", 8),
+    "--metric-decoders": (["--metric-encoders"], "g_s_ms_ssim.", "g_s.", "an analysis and a synthesis transform per metric", 8),
+    "--high-rate-transforms": (["--metric-decoders"], "g_a_mse_high.", "g_a.",
+                               "an analysis and a synthesis transform per metric and for mse q6-q8", 7),
 }
+
+
+def split_network(option: str) -> VariableRateFactorizedPrior:
+    """The tiny network a run given `option` trains."""
+    return VariableRateFactorizedPrior(8, 8, [1.0] * 16, True, option != "--metric-encoders",
+                                       option == "--high-rate-transforms")
 
 
 @pytest.mark.parametrize("option", list(SPLITS))
@@ -399,8 +408,8 @@ def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photo
     """`--metric-encoders` on a shared-encoder run (`--metric-decoders` on one with an encoder per metric) gives the
     ms-ssim levels a copy of the shared transform, with its Adam moments, keeps every other parameter's moments, logs
     the change, trains the two apart, and resumes exactly; the bundle stores both and each level codes with its own."""
-    source_options, own, shared, architecture = SPLITS[option]
-    common = ["--train-dir", photos, *TINY, "--levels", "0,8"]
+    source_options, own, shared, architecture, own_level = SPLITS[option]
+    common = ["--train-dir", photos, *TINY, "--levels", f"0,{own_level}"]
     source = tmp_path / "source"
     caecodec("train", *common, *source_options, "--run-dir", source, "--steps", 3, cwd=tmp_path)
     for name in ("straight", "resumed"):
@@ -411,8 +420,7 @@ def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photo
     state, moments = checkpoint["model"], checkpoint["optimizer"]["state"]
     names = [k for k in state if k.startswith(shared)]
     assert all(torch.equal(state[k], state[k.replace(shared, own, 1)]) for k in names)
-    network = VariableRateFactorizedPrior(8, 8, [1.0] * 16, True, option == "--metric-decoders")
-    order = [n for n, _ in network.named_parameters() if "quantiles" not in n]
+    order = [n for n, _ in split_network(option).named_parameters() if "quantiles" not in n]
     assert torch.equal(moments[order.index(f"{own}2.weight")]["exp_avg_sq"],
                        moments[order.index(f"{shared}2.weight")]["exp_avg_sq"])
     kept = torch.load(source / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
@@ -430,7 +438,8 @@ def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photo
     assert tensors[f"{own}0.weight"].dtype == torch.float16
     model = weights.variable_rate_from_tensors(tensors, 8, 8)
     transform, unfolded = shared.rstrip("."), 0 if shared == "g_a." else -1  # a layer the gains are not folded into
-    assert torch.equal(getattr(model.export(8), transform)[unfolded].weight, getattr(model, own.rstrip("."))[unfolded].weight)
+    assert torch.equal(getattr(model.export(own_level), transform)[unfolded].weight,
+                       getattr(model, own.rstrip("."))[unfolded].weight)
     assert torch.equal(getattr(model.export(0), transform)[unfolded].weight, getattr(model, transform)[unfolded].weight)
     assert card["architecture"].startswith(f"variable-rate factorized prior ({architecture},")
 
@@ -439,7 +448,7 @@ def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, "--metric-encoders", cwd=tmp_path)
     trainer = Trainer(TrainingConfig(train_dir=str(photos), run_dir=str(run), **TINY_CONFIG))
-    with pytest.raises(ValueError, match="holds g_a_ms_ssim, the ms-ssim levels' own transforms, which this run was not given: a run cannot merge"):
+    with pytest.raises(ValueError, match="holds g_a_ms_ssim, transforms of some levels' own, which this run was not given: a run cannot merge"):
         trainer.resume()
 
 
@@ -459,13 +468,14 @@ def test_a_run_without_state_starts_from_the_newest_bundle(tmp_path, photos):
 @pytest.mark.parametrize("option", list(SPLITS))
 def test_a_transform_per_metric_from_a_bundle_that_shares_it_starts_both_from_it(tmp_path, photos, option):
     """Run state lost, and a transform per metric asked of bundled weights that share it: both copies start from it."""
-    source_options, own, shared, _ = SPLITS[option]
+    source_options, own, shared, _, own_level = SPLITS[option]
     run = tmp_path / "run"
-    caecodec("train", "--train-dir", photos, *TINY, "--levels", "0,8", *source_options, "--run-dir", run, "--steps", 2,
-             cwd=tmp_path)
+    caecodec("train", "--train-dir", photos, *TINY, "--levels", f"0,{own_level}", *source_options, "--run-dir", run,
+             "--steps", 2, cwd=tmp_path)
     bundled = weights.variable_rate_from_tensors(export(run, 9, tmp_path)[2], 8, 8)
     trainer = Trainer(TrainingConfig(train_dir="", run_dir=str(tmp_path / "new"), **TINY_CONFIG, metric_encoders=True,
-                                     metric_decoders=option == "--metric-decoders"))
+                                     metric_decoders=option != "--metric-encoders",
+                                     high_rate_transforms=option == "--high-rate-transforms"))
     trainer.start_from(bundled, 2)
     expected = getattr(bundled, shared.rstrip(".")).state_dict()
     for name in (shared, own):

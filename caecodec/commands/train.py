@@ -46,6 +46,9 @@ def add_arguments(parser) -> None:
                         help="an analysis transform per metric (a shared-encoder run splits its own in two on resume)")
     parser.add_argument("--metric-decoders", action="store_true", default=None,
                         help="and a synthesis transform per metric (split the same way; implies --metric-encoders)")
+    parser.add_argument("--high-rate-transforms", action="store_true", default=None,
+                        help="and an analysis and a synthesis transform for mse q6-q8 (split from the mse ones; "
+                             "implies --metric-decoders)")
     parser.add_argument("--cooldown-from", metavar="RUN_DIR",
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
@@ -103,7 +106,9 @@ def run(args) -> int:
     given = {"n": args.n, "m": args.m, "crop": args.crop, "batch": args.batch, "levels": _levels(args.levels),
              "mse_share": args.mse_share, "checkpoint_every": args.checkpoint_every,
              "eval_every": args.eval_every, "total_steps": args.total_steps, "precision": args.precision,
-             "metric_encoders": args.metric_encoders or args.metric_decoders, "metric_decoders": args.metric_decoders}
+             "metric_encoders": args.metric_encoders or args.metric_decoders or args.high_rate_transforms,
+             "metric_decoders": args.metric_decoders or args.high_rate_transforms,
+             "high_rate_transforms": args.high_rate_transforms}
     config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
                                    snapshot_dir=args.snapshots,
                                    **{name: value for name, value in given.items() if value is not None})
