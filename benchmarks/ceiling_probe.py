@@ -19,16 +19,13 @@ from pathlib import Path
 import imagecodecs
 import numpy as np
 import torch
+from amortization_gap import psnr  # beside this script
 
 from caecodec import weights
 from caecodec.training import CropSampler, TrainingConfig, kodak_images, training_photos
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    return -10 * math.log10(float(torch.mean((x_hat.clamp(0, 1) - x) ** 2)))
 
 
 def scaled(model, level: int, gains: str) -> torch.Tensor:
