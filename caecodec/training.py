@@ -732,7 +732,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
         "recipe": {k: config[k] for k in ("crop", "batch", "min_scale", "peak_lr", "final_lr", "warmup_steps",
                                           "total_steps", "mse_share", "msssim_window")}
         | {"precision": config.get("precision", TrainingConfig.precision), "cooldown": state.get("cooldown"),
-           "averaged_steps": state.get("averaged_steps")},  # benchmarks/checkpoint_average.py
+           "averaged_steps": state.get("averaged_steps")}  # benchmarks/checkpoint_average.py
+        | ({"graft": state["graft"]} if "graft" in state else {}),  # benchmarks/high_rate_graft.py
         "lambdas": zoo.LAMBDAS,
         "aux_loss_after_quantile_fit": round(aux_loss, 1),
         "density_fit": density_fit,

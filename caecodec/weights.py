@@ -100,6 +100,7 @@ def _variable_rate_model(version: int):
 def variable_rate_from_tensors(tensors: dict, n: int, m: int):
     from .models import variable_rate_like
 
+    tensors = unpacked_cdf_tables(tensors)
     model = variable_rate_like(tensors, n, m)
     for level, bottleneck in enumerate(model.entropy_bottlenecks):
         for name in bottleneck.TABLES:
@@ -109,10 +110,46 @@ def variable_rate_from_tensors(tensors: dict, n: int, m: int):
 
 
 TRANSFORMS = ("g_a.", "g_s.", "g_a_ms_ssim.", "g_s_ms_ssim.", "g_a_mse_high.", "g_s_mse_high.")  # stored in fp16
+CDF, LENGTH, PACKED = "._quantized_cdf", "._cdf_length", "._quantized_cdf_packed"
+
+
+def packed_cdf_tables(tensors: dict) -> dict:
+    """`tensors` with each density's CDF table (one row per channel, zero-padded to the longest) stored as its
+    rows' entries, concatenated: since version 22. The padding was 93 % of version 21's tables, 4.2 MB."""
+    packed = dict(tensors)
+    for name in [name for name in tensors if name.endswith(CDF)]:
+        table, lengths = packed.pop(name), tensors[name[: -len(CDF)] + LENGTH]
+        packed[name[: -len(CDF)] + PACKED] = table[_entries(lengths, table.shape[1])]
+    return packed
+
+
+def unpacked_cdf_tables(tensors: dict) -> dict:
+    """The inverse of `packed_cdf_tables`, the tables padded as `EntropyBottleneck.update` builds them (bundles
+    up to version 21 store them padded: those are returned as they are)."""
+    import torch
+
+    unpacked = dict(tensors)
+    for name in [name for name in tensors if name.endswith(PACKED)]:
+        lengths, entries = tensors[name[: -len(PACKED)] + LENGTH], unpacked.pop(name)
+        width = int(lengths.max()) if len(lengths) else 0
+        if entries.numel() != int(lengths.sum()):
+            raise WeightsError(f"{name} holds {entries.numel()} CDF entries; its lengths add up to {int(lengths.sum())}")
+        table = torch.zeros(len(lengths), width, dtype=entries.dtype)
+        table[_entries(lengths, width)] = entries
+        unpacked[name[: -len(PACKED)] + CDF] = table
+    return unpacked
+
+
+def _entries(lengths, width: int):
+    """Mask of the entries of a CDF table `width` wide whose rows are `lengths` long."""
+    import torch
+
+    return torch.arange(width)[None, :] < lengths[:, None]
 
 
 def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:
-    """Store a VariableRateFactorizedPrior: transforms in fp16, densities, gains and CDF tables in fp32/int32.
+    """Store a VariableRateFactorizedPrior: transforms in fp16, densities, gains and CDF tables (packed) in
+    fp32/int32.
 
     The CDF tables are built from the fp16-rounded weights, the ones decoders will compute with.
     """
@@ -130,7 +167,7 @@ def write_bundle(model, path: Path, metadata: dict[str, str]) -> None:
         name: (t.half() if name.startswith(TRANSFORMS) and t.is_floating_point() else t).contiguous()
         for name, t in model.state_dict().items()
     }
-    save_file(tensors, str(path), metadata=metadata)
+    save_file(packed_cdf_tables(tensors), str(path), metadata=metadata)
 
 
 # -- CompressAI's published weights ------------------------------------------------------------------

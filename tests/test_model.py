@@ -143,3 +143,24 @@ def test_a_bin_centred_on_a_symmetric_density_keeps_its_mass():
     tables = density.update()
     widths = np.diff(tables.quantized_cdf[0, : tables.cdf_length[0]])
     assert widths.argmax() == -tables.offset[0], f"the median's symbol has {widths} of the table"
+
+
+def test_packed_cdf_tables_unpack_to_the_padded_tables_of_a_bundle_that_stores_them_padded():
+    """Bundles up to version 21 store each density's CDF table zero-padded; packing keeps only its rows'
+    entries, and unpacking gives back every table bit for bit."""
+    from safetensors.torch import load_file
+
+    from caecodec import weights
+
+    padded = load_file(weights.BUNDLE_DIR / "v21.safetensors")
+    packed = weights.packed_cdf_tables(padded)
+    assert not any(name.endswith("._quantized_cdf") for name in packed)
+    tables = [name for name in padded if name.endswith("._quantized_cdf")]
+    assert sum(packed[name + "_packed"].numel() for name in tables) < 0.1 * sum(padded[name].numel() for name in tables)
+    unpacked = weights.unpacked_cdf_tables(packed)
+    assert unpacked.keys() == padded.keys() and all(torch.equal(unpacked[name], padded[name]) for name in padded)
+    assert weights.unpacked_cdf_tables(padded) == padded
+    packed["entropy_bottlenecks.2._quantized_cdf_packed"] = packed["entropy_bottlenecks.2._quantized_cdf_packed"][:-1]
+    with pytest.raises(weights.WeightsError, match="entropy_bottlenecks.2._quantized_cdf_packed holds .* entries; its "
+                                                   "lengths add up to"):
+        weights.unpacked_cdf_tables(packed)

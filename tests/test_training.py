@@ -104,7 +104,8 @@ def test_export_and_plot(tmp_path, photos):
     model = weights.variable_rate_from_tensors(tensors, 8, 8)
     assert isinstance(model, VariableRateFactorizedPrior) and model.levels == 16
     exported = model.export(3)
-    stored = tensors["entropy_bottlenecks.3._quantized_cdf"].numpy()
+    assert "entropy_bottlenecks.3._quantized_cdf" not in tensors  # stored packed, without the padding
+    stored = weights.unpacked_cdf_tables(tensors)["entropy_bottlenecks.3._quantized_cdf"].numpy()
     np.testing.assert_array_equal(exported.entropy_bottleneck.cdf_tables().quantized_cdf, stored)
 
 
@@ -543,3 +544,32 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     logged, measured = lines(), lines("--checkpoint")
     assert len(logged) == len(measured) == 1 and logged[0].startswith("run step 2: BD-rate vs JPEG")
     assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
+
+
+def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_another(tmp_path, photos):
+    """benchmarks/high_rate_graft.py: a branch that trained only mse q6-q8 on their own transforms gives those levels
+    to the run it branched from, which went on training the rest; the graft exports with both steps on its card."""
+    common = ["--train-dir", photos, *TINY, "--metric-decoders"]
+    base, donor = tmp_path / "base", tmp_path / "donor"
+    caecodec("train", *common, "--run-dir", base, "--steps", 2, "--levels", "0,6", cwd=tmp_path)
+    donor.mkdir()
+    (donor / "checkpoint.pt").write_bytes((base / "checkpoint.pt").read_bytes())
+    caecodec("train", *common, "--run-dir", donor, "--steps", 2, "--levels", "6", "--high-rate-transforms", cwd=tmp_path)
+    caecodec("train", *common, "--run-dir", base, "--steps", 2, cwd=tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "high_rate_graft.py"
+    refused = subprocess.run([sys.executable, script, tmp_path / "graft", donor, base], capture_output=True, text=True)
+    assert refused.returncode != 0 and "the donor has no transforms of mse q6-q8's own" in refused.stderr
+    subprocess.run([sys.executable, script, tmp_path / "graft", base, donor], check=True, capture_output=True)
+    _, card, tensors = export(tmp_path / "graft", 9, tmp_path, density_iterations=0, synthesis_steps=0)
+    assert card["steps"] == 4 and card["recipe"]["graft"] == {"levels": [5, 6, 7], "step": 4, "averaged_steps": None}
+    assert "and for mse q6-q8" in card["architecture"]
+    from_base, from_donor = model_state(base), model_state(donor)
+    assert not torch.equal(from_base["g_a.0.weight"], from_donor["g_a.0.weight"])  # the base trained on after the branch
+    for name, tensor in tensors.items():
+        source = from_donor if name.startswith(("g_a_mse_high.", "g_s_mse_high.", "entropy_bottlenecks.6.")) else from_base
+        if name in ("log_gain", "log_inverse_gain"):
+            rows = [5, 6, 7]
+            torch.testing.assert_close(tensor[rows], from_donor[name][rows])
+            torch.testing.assert_close(tensor[:5], from_base[name][:5])
+        elif tensor.is_floating_point() and "quantiles" not in name:
+            torch.testing.assert_close(tensor.float(), source[name], atol=1e-3, rtol=1e-3)  # transforms in fp16
