@@ -6,6 +6,8 @@
     python3 benchmarks/transform_finetune.py --version 15 --levels mse-1,…,mse-8 --widen 192 --precision fp32
     python3 benchmarks/transform_finetune.py --version 21 --transform both --levels mse-6,mse-7,mse-8 \
         --measure mse-6,mse-7,mse-8 --steps 4000
+    python3 benchmarks/transform_finetune.py --version 21 --transform both --levels mse-6,mse-7,mse-8 \
+        --measure mse-6,mse-7,mse-8 --steps 4000 --widen 192 --widened synthesis --threads 2
 
 From bundled weights, one transform trains (or both, below), with the trained levels' rows of its gains: the analysis
 transform and the gains (`--transform analysis`), or the synthesis and the inverse gains (`synthesis`).
@@ -17,10 +19,11 @@ before each measurement). The recipe is the main run's (128×128 crops of the tr
 bfloat16 autocast, each level's loss divided by its running mean, levels drawn mse 60 % / ms-ssim 40 %), with
 Adam on a cosine from --lr to a tenth of it. If one latent serving sixteen levels is what holds the encoder
 back, an encoder fine-tuned for a single level gains there what one fine-tuned for all sixteen, given the same
-steps, does not. `--widen` asks the other question, whether the mse analysis transform lacks capacity: its
-hidden layers grow to that many channels before training, the new ones starting with no effect on the old (their
-outgoing weights zero), so the widened transform starts out computing exactly the bundled one. Measured with real
-bitstreams on the 8 validation images; results go to docs/transform_finetune.json.
+steps, does not. `--widen` asks the other question, whether the mse transforms lack capacity: the hidden layers
+of those trained (or of those `--widened` names) grow to that many channels before training, the new ones
+starting with no effect on the old (their outgoing weights zero), so a widened transform starts out computing
+exactly the bundled one. Measured with real bitstreams on the 8 validation images; results go to
+docs/transform_finetune.json.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import torch
 from caecodec import weights, zoo
 from caecodec.evaluation import mean_measurement
 from caecodec.layers import GDN
-from caecodec.models import analysis_transform
+from caecodec.models import analysis_transform, synthesis_transform
 from caecodec.training import (CropSampler, TrainingConfig, fit_quantiles, kodak_images, level_shares,
                                rate_distortion_loss, training_photos)
 
@@ -90,24 +93,28 @@ def trained_parameters(model, transform: str, levels: list[int]) -> list[torch.n
     return parameters
 
 
-def widened_analysis(analysis: torch.nn.Sequential, width: int) -> torch.nn.Sequential:
-    """`analysis` with `width` channels in its hidden layers, computing the same function: the new channels get
-    fresh weights in, zero weights out (in the convolutions and in the GDNs' normalisation pools)."""
-    old_width, m = analysis[0].out_channels, analysis[-1].out_channels
+def widened(transform: torch.nn.Sequential, width: int, build) -> torch.nn.Sequential:
+    """`transform` (an analysis or a synthesis transform, made by `build(n, m)`) with `width` channels in its hidden
+    layers, computing the same function: the new channels get fresh weights in, zero weights out (in the
+    convolutions and in the GDNs' normalisation pools)."""
+    old_width = transform[1].beta.numel()  # the first GDN's channels
     if width < old_width:
         raise ValueError(f"--widen {width} is narrower than the transform's {old_width} channels")
-    wide = analysis_transform(width, m)
+    m = transform[0].in_channels if isinstance(transform[0], torch.nn.ConvTranspose2d) else transform[-1].out_channels
+    wide = build(width, m)
     with torch.no_grad():
-        for old, new in zip(analysis, wide):
+        for old, new in zip(transform, wide):
             if isinstance(old, GDN):
                 new.beta[:old_width] = old.beta
                 new.gamma[:, :old_width] = new.gamma_reparam.init(torch.zeros(width, old_width))
                 new.gamma[:old_width, :old_width] = old.gamma
                 new.gamma[:old_width, old_width:] = new.gamma_reparam.init(torch.zeros(old_width, width - old_width))
-            else:
-                outputs, inputs = old.weight.shape[:2]
-                new.weight[:outputs, :inputs] = old.weight
-                new.weight[:outputs, inputs:] = 0
+            else:  # a weight as (outputs, inputs, k, k): a transposed convolution stores it as (inputs, outputs, ...)
+                transposed = isinstance(old, torch.nn.ConvTranspose2d)
+                old_weight, new_weight = (w.transpose(0, 1) if transposed else w for w in (old.weight, new.weight))
+                outputs, inputs = old_weight.shape[:2]
+                new_weight[:outputs, :inputs] = old_weight
+                new_weight[:outputs, inputs:] = 0
                 new.bias[:outputs] = old.bias
     return wide
 
@@ -140,7 +147,9 @@ def main() -> None:
     parser.add_argument("--measure", default="mse-2,mse-5,mse-8", help="levels measured on the validation images")
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--lr", type=float, default=1e-4, help="Adam's peak; a cosine takes it to a tenth")
-    parser.add_argument("--widen", type=int, help="channels of the mse analysis transform's hidden layers")
+    parser.add_argument("--widen", type=int, help="channels of the hidden layers of the mse transforms trained")
+    parser.add_argument("--widened", choices=list(TRANSFORMS), help="which of them to widen (default: all trained)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="of the transforms")
     parser.add_argument("--rounded", action="store_true",
                         help="train on the rounded latent that coding decodes, not on the noisy one (synthesis only)")
@@ -149,17 +158,21 @@ def main() -> None:
     parser.add_argument("--kodak", type=Path, default=SHARED / "kodak")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "transform_finetune.json")
     args = parser.parse_args()
-    if args.widen and args.transform != "analysis":
-        parser.error("--widen widens the mse analysis transform: it needs --transform analysis")
+    widened_kinds = TRANSFORMS[args.widened or args.transform]
+    if args.widen and not set(widened_kinds) <= set(TRANSFORMS[args.transform]):
+        parser.error(f"--widened {args.widened} widens a transform that --transform {args.transform} does not train")
     if args.rounded and args.transform != "synthesis":
         parser.error("--rounded has no gradient to give the analysis transform: it needs --transform synthesis")
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     config = TrainingConfig(train_dir=str(args.train_dir), run_dir="", levels=tuple(parse_levels(args.levels)))
     generator = np.random.default_rng(config.seed)
     model = weights._variable_rate_model(args.version)
-    if args.widen:
-        model.g_a = widened_analysis(model.g_a, args.widen)
+    if args.widen:  # the mse transforms: the ones the mse levels of a bundle without a high pair use
+        if "analysis" in widened_kinds:
+            model.g_a = widened(model.g_a, args.widen, analysis_transform)
+        if "synthesis" in widened_kinds:
+            model.g_s = widened(model.g_s, args.widen, synthesis_transform)
     optimizer = torch.optim.Adam(trained_parameters(model, args.transform, list(config.levels)), lr=args.lr)
     sampler = CropSampler(training_photos(config.train_dir), config.crop, config.min_scale)
     images = kodak_images(str(args.kodak), config.eval_images)
@@ -189,10 +202,11 @@ def main() -> None:
     seconds = time.perf_counter() - started
     existing = json.loads(args.output.read_text()) if args.output.exists() else {}
     kind = {"analysis": "encoder", "synthesis": "decoder", "both": "encoder and decoder"}[args.transform]
-    widened = f", widened to {args.widen}" if args.widen else ""
+    which = "" if widened_kinds == TRANSFORMS[args.transform] else f" {' and '.join(widened_kinds)}"
+    widening = f",{which} widened to {args.widen}" if args.widen else ""
     precision = f", {args.precision}" if args.precision != "bf16" else ""
     rounded = ", on rounded latents" if args.rounded else ""
-    existing[f"v{args.version}, {kind}{widened} trained on {args.levels}{rounded}, {args.steps} steps, lr {args.lr}{precision}"] = {
+    existing[f"v{args.version}, {kind}{widening} trained on {args.levels}{rounded}, {args.steps} steps, lr {args.lr}{precision}"] = {
         "seconds": round(seconds), "validation": history}
     args.output.write_text(json.dumps(existing, indent=1) + "\n")
 
