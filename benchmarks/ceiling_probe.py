@@ -1,4 +1,4 @@
-"""What caps the high mse levels? Probes of bundled weights, a minute on one core.
+"""What caps the high mse levels? Probes of bundled weights, a few minutes on one core.
 
     python3 benchmarks/ceiling_probe.py --version 21          # prints; figures in docs/training.md (session 26)
 
@@ -8,6 +8,9 @@
     If precision or quantization capped q8, these would differ.
 (b) JPEG (imagecodecs, headers included) on the 256×256 centre crops of the 8 validation images that
     `amortization_gap.py` measures, to set its figures against JPEG at the same rate.
+(c) On the 8 validation images: how many latent channels carry any bits at each level (more than a thousandth of
+    a bit per pixel, rounded as coding rounds, under the level's density). A channel whose analysis output does
+    not vary is dead to every level whatever its gain.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import torch
 from amortization_gap import psnr  # beside this script
 
-from caecodec import weights
+from caecodec import weights, zoo
 from caecodec.training import CropSampler, TrainingConfig, kodak_images, training_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +64,19 @@ def jpeg_on_validation_crops(kodak: Path, size: int = 256) -> None:
         print(f"JPEG q{quality} on the validation crops: {bpp:.4f} bpp {db:.2f} dB")
 
 
+@torch.no_grad()
+def living_channels(model, images: list[np.ndarray]) -> None:
+    for level in range(model.levels):
+        bits = 0
+        for image in images:
+            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+            bits = bits - torch.log2(model(x, level, noise=False)["likelihoods"]["y"]).sum(dim=(0, 2, 3))
+        bpp = bits / sum(image.shape[0] * image.shape[1] for image in images)
+        quality, metric = zoo.level_configuration(level)
+        print(f"{metric} q{quality}: {int((bpp > 1e-3).sum())} of {model.m} latent channels carry bits, "
+              f"{float(bpp.sum()):.4f} bpp")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", type=int, required=True, help="bundled weights version")
@@ -72,6 +88,7 @@ def main() -> None:
     sampler = CropSampler(training_photos(args.train_dir)[:60], 256, TrainingConfig.min_scale)
     precision_and_quantization(model, sampler.sample(np.random.default_rng(1), 8))
     jpeg_on_validation_crops(args.kodak)
+    living_channels(model, kodak_images(str(args.kodak), TrainingConfig.eval_images))
 
 
 if __name__ == "__main__":
