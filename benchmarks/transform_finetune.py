@@ -8,6 +8,8 @@
         --measure mse-6,mse-7,mse-8 --steps 4000
     python3 benchmarks/transform_finetune.py --version 21 --transform both --levels mse-6,mse-7,mse-8 \
         --measure mse-6,mse-7,mse-8 --steps 4000 --widen 192 --widened synthesis --threads 2
+    python3 benchmarks/transform_finetune.py --version 21 --transform both --levels mse-6,mse-7,mse-8 \
+        --measure mse-6,mse-7,mse-8 --steps 4000 --eval-every 500 --revive --threads 2
 
 From bundled weights, one transform trains (or both, below), with the trained levels' rows of its gains: the analysis
 transform and the gains (`--transform analysis`), or the synthesis and the inverse gains (`synthesis`).
@@ -22,8 +24,9 @@ back, an encoder fine-tuned for a single level gains there what one fine-tuned f
 steps, does not. `--widen` asks the other question, whether the mse transforms lack capacity: the hidden layers
 of those trained (or of those `--widened` names) grow to that many channels before training, the new ones
 starting with no effect on the old (their outgoing weights zero), so a widened transform starts out computing
-exactly the bundled one. Measured with real bitstreams on the 8 validation images; results go to
-docs/transform_finetune.json.
+exactly the bundled one. `--revive` asks whether the latent channels that carry nothing (119 of version 21's 192)
+can be brought back: they restart with fresh analysis filters and borrowed gains and densities (see `revive`).
+Measured with real bitstreams on the 8 validation images; results go to docs/transform_finetune.json.
 """
 
 from __future__ import annotations
