@@ -1,4 +1,4 @@
-"""What caps the high mse levels? Probes of bundled weights, a few minutes on one core.
+"""What caps the high mse levels? Probes of bundled weights, about a minute on one core.
 
     python3 benchmarks/ceiling_probe.py --version 21          # prints; figures in docs/training.md (session 26)
 
@@ -25,6 +25,7 @@ import torch
 from amortization_gap import psnr  # beside this script
 
 from caecodec import weights, zoo
+from caecodec.compression import to_tensor
 from caecodec.training import CropSampler, TrainingConfig, kodak_images, training_photos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,11 +67,17 @@ def jpeg_on_validation_crops(kodak: Path, size: int = 256) -> None:
 
 @torch.no_grad()
 def living_channels(model, images: list[np.ndarray]) -> None:
+    xs = [to_tensor(image[None]) for image in images]
+    latents = {}  # each image's latent, once per analysis transform: levels share them
     for level in range(model.levels):
+        analysis = model.analysis(level)
+        if analysis not in latents:
+            latents[analysis] = [analysis(x) for x in xs]
         bits = 0
-        for image in images:
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-            bits = bits - torch.log2(model(x, level, noise=False)["likelihoods"]["y"]).sum(dim=(0, 2, 3))
+        for y in latents[analysis]:
+            gained = y * torch.exp(model.log_gain[level])[None, :, None, None]
+            _, likelihoods = model.entropy_bottlenecks[level](gained, training=False)  # rounded as coding rounds
+            bits = bits - torch.log2(likelihoods).sum(dim=(0, 2, 3))
         bpp = bits / sum(image.shape[0] * image.shape[1] for image in images)
         quality, metric = zoo.level_configuration(level)
         print(f"{metric} q{quality}: {int((bpp > 1e-3).sum())} of {model.m} latent channels carry bits, "

@@ -115,7 +115,8 @@ CDF, LENGTH, PACKED = "._quantized_cdf", "._cdf_length", "._quantized_cdf_packed
 
 def packed_cdf_tables(tensors: dict) -> dict:
     """`tensors` with each density's CDF table (one row per channel, zero-padded to the longest) stored as its
-    rows' entries, concatenated: since version 22. The padding was 93 % of version 21's tables, 4.2 MB."""
+    rows' entries, concatenated, as bundles exported after version 21 store them. The padding was 93 % of version
+    21's tables, 4.2 MB."""
     packed = dict(tensors)
     for name in [name for name in tensors if name.endswith(CDF)]:
         table, lengths = packed.pop(name), tensors[name[: -len(CDF)] + LENGTH]
