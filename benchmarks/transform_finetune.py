@@ -123,25 +123,26 @@ def widened(transform: torch.nn.Sequential, width: int, build) -> torch.nn.Seque
 
 
 def dead_channels(model, levels: list[int], crops: torch.Tensor) -> torch.Tensor:
-    """The mse latent channels that carry nothing at the highest of `levels`: on `crops`, the analysis output's
-    spread, times that level's gain, is under a tenth of a quantization bin (version 21: 119 of 192, at every
-    mse level)."""
+    """The latent channels of the mse transforms of `levels` that carry nothing at the highest of `levels`: on
+    `crops`, the analysis output's spread, times that level's gain, is under a tenth of a quantization bin
+    (version 21: 119 of 192, at every mse level)."""
     with torch.no_grad():
-        y = model.g_a(crops).transpose(0, 1).flatten(1)
+        y = model.analysis(max(levels))(crops).transpose(0, 1).flatten(1)
         return y.std(1) * torch.exp(model.log_gain[max(levels)]) < 0.1
 
 
-def revive(model, levels: list[int], dead: torch.Tensor) -> None:
-    """Give the `dead` latent channels of the mse transforms a fresh start at `levels`: random analysis filters
-    as long as the living channels' (median norm), the living channels' median gains at each level, the density
-    of a living channel drawn at random, and zero synthesis weights. The revived channels first cost rate and
-    must earn it; the constant that the dead ones fed the synthesis is lost (0.57 dB at q8 before training)."""
+def revive(model, levels: list[int], dead: torch.Tensor, amplitude: float = 1.0) -> None:
+    """Give the `dead` latent channels of the mse transforms of `levels` a fresh start: random analysis filters
+    `amplitude` times as long as the living channels' (median norm), the living channels' median gains at each
+    level, the density of a living channel drawn at random, and zero synthesis weights. The revived channels first
+    cost rate and must earn it; the constant that the dead ones fed the synthesis is lost (0.57 dB at q8 before
+    training)."""
     alive = ~dead
     with torch.no_grad():
-        last, first = model.g_a[-1], model.g_s[0]
+        last, first = model.analysis(max(levels))[-1], model.synthesis(max(levels))[0]
         fresh = torch.randn_like(last.weight[dead])
         norm = last.weight[alive].flatten(1).norm(dim=1).median()
-        last.weight[dead] = fresh * (norm / fresh.flatten(1).norm(dim=1))[:, None, None, None]
+        last.weight[dead] = fresh * (amplitude * norm / fresh.flatten(1).norm(dim=1))[:, None, None, None]
         last.bias[dead] = 0
         first.weight[dead] = 0  # a transposed convolution's weight: (inputs, outputs, k, k)
         donors = alive.nonzero()[torch.randint(int(alive.sum()), (int(dead.sum()),))].squeeze(1)
@@ -185,6 +186,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--revive", action="store_true",
                         help="restart the mse latent channels dead at the highest trained level (needs --transform both)")
+    parser.add_argument("--revive-amplitude", type=float, default=1.0,
+                        help="the revived analysis filters' length, in living channels' median lengths")
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="of the transforms")
     parser.add_argument("--rounded", action="store_true",
                         help="train on the rounded latent that coding decodes, not on the noisy one (synthesis only)")
@@ -214,7 +217,7 @@ def main() -> None:
     sampler = CropSampler(training_photos(config.train_dir), config.crop, config.min_scale)
     if args.revive:
         dead = dead_channels(model, list(config.levels), sampler.sample(np.random.default_rng(1), 16))
-        revive(model, list(config.levels), dead)
+        revive(model, list(config.levels), dead, args.revive_amplitude)
         print(f"revived {int(dead.sum())} of {model.m} latent channels", flush=True)
     images = kodak_images(str(args.kodak), config.eval_images)
     measured = [level_of(name) for name in args.measure.split(",")]
@@ -247,7 +250,8 @@ def main() -> None:
     widening = f",{which} widened to {args.widen}" if args.widen else ""
     precision = f", {args.precision}" if args.precision != "bf16" else ""
     rounded = ", on rounded latents" if args.rounded else ""
-    revived = ", dead channels revived" if args.revive else ""
+    amplitude = f" at amplitude {args.revive_amplitude}" if args.revive_amplitude != 1.0 else ""
+    revived = f", dead channels revived{amplitude}" if args.revive else ""
     existing[f"v{args.version}, {kind}{widening}{revived} trained on {args.levels}{rounded}, {args.steps} steps, lr {args.lr}{precision}"] = {
         "seconds": round(seconds), "validation": history}
     args.output.write_text(json.dumps(existing, indent=1) + "\n")

@@ -573,3 +573,40 @@ def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_anothe
             torch.testing.assert_close(tensor[:5], from_base[name][:5])
         elif tensor.is_floating_point() and "quantiles" not in name:
             torch.testing.assert_close(tensor.float(), source[name], atol=1e-3, rtol=1e-3)  # transforms in fp16
+
+
+def test_reviving_a_run_restarts_only_the_dead_channels_of_its_high_pair_and_trains_on(tmp_path, photos):
+    """benchmarks/revive_channels.py: channels of the high pair whose analysis output is flat get fresh filters
+    (the amplitude asked for, in living channels' lengths), zero synthesis weights and Adam moments of the usual
+    size; nothing else changes, and the revived run resumes."""
+    common = ["--train-dir", photos, *TINY, "--metric-decoders"]
+    source, revived = tmp_path / "source", tmp_path / "revived"
+    caecodec("train", *common, "--run-dir", source, "--steps", 3, "--levels", "6,7", "--high-rate-transforms", cwd=tmp_path)
+    state = torch.load(source / "checkpoint.pt", weights_only=False)
+    killed = [0, 1, 2]  # as dead as version 21's: these channels' analysis output does not vary
+    for name in ("g_a_mse_high.6.weight", "g_a_mse_high.6.bias"):
+        state["model"][name][killed] = 0
+    torch.save(state, source / "checkpoint.pt")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "revive_channels.py"
+    out = subprocess.run([sys.executable, script, revived, source, "--amplitude", "0.5"], capture_output=True,
+                         text=True, check=True).stdout
+    before, after = state["model"], model_state(revived)
+    filters = after["g_a_mse_high.6.weight"].flatten(1).norm(dim=1)
+    changed = (before["g_a_mse_high.6.weight"] != after["g_a_mse_high.6.weight"]).flatten(1).any(dim=1)
+    assert set(killed) <= set(changed.nonzero().flatten().tolist())
+    assert f"revived {int(changed.sum())} dead latent channels of the high pair at amplitude 0.5" in out
+    torch.testing.assert_close(filters[changed], 0.5 * filters[~changed].median().expand(int(changed.sum())))
+    assert not after["g_s_mse_high.0.weight"][changed].any()
+    high = ("g_a_mse_high.6.", "g_s_mse_high.0.weight", "entropy_bottlenecks.5.", "entropy_bottlenecks.6.",
+            "entropy_bottlenecks.7.", "log_gain", "log_inverse_gain")
+    assert all(torch.equal(before[name], after[name]) for name in before if not name.startswith(high))
+    assert all(torch.equal(after[name][:5], before[name][:5]) for name in ("log_gain", "log_inverse_gain"))
+    moments = torch.load(revived / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    names = [name for name, _ in load_checkpoint_model(revived)[0].named_parameters() if not name.endswith("quantiles")]
+    revived_filters = moments[names.index("g_a_mse_high.6.weight")]
+    assert not revived_filters["exp_avg"][changed].any() and (revived_filters["exp_avg_sq"][changed] > 0).all()
+    refused = subprocess.run([sys.executable, script, revived, source], capture_output=True, text=True)
+    assert refused.returncode != 0 and "exists: revive into a new run directory" in refused.stderr
+    caecodec("train", *common, "--run-dir", revived, "--steps", 2, "--levels", "6,7", cwd=tmp_path)
+    assert torch.load(revived / "checkpoint.pt", weights_only=False)["step"] == 5
+    assert "revived" in (revived / "events.csv").read_text()

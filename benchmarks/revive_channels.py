@@ -1,0 +1,97 @@
+"""Revive the dead latent channels of a run's high pair, as a run to train on.
+
+    cp -r runs/highonly /tmp/x && python3 benchmarks/revive_channels.py runs/revive runs/highonly --amplitude 0.3
+    caecodec train --run-dir runs/revive --snapshots runs/revive-snapshots --levels 5,6,7 --threads 1 --processes 2
+
+Version 21 codes every mse level from q3 up with the same 73 of its 192 latent channels, and a high pair trained
+on mse q6-q8 alone for 10 000 steps keeps them dead (`ceiling_probe.py`): a channel whose analysis output is flat
+feeds the synthesis nothing but quantization noise, so the synthesis learns to ignore it and the analysis gets no
+gradient to make it vary. `transform_finetune.py --revive` showed that restarted channels are used. This does the
+same to a run's checkpoint, so that the restart trains as a run (resumable, with snapshots and validations):
+RUN_DIR/checkpoint.pt is SOURCE's with the high pair's dead channels revived (see transform_finetune.revive) and
+the Adam moments of the revived entries reset, the first to zero and the second to the median of the same
+parameter's living entries, so that they start with steps of the usual size. The revival is logged in the run's
+events.csv. SOURCE must have a high pair of its own (`caecodec train --high-rate-transforms`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from transform_finetune import dead_channels, revive  # beside this script
+
+from caecodec.models import HIGH_RATE_LEVELS
+from caecodec.training import CropSampler, append_csv, load_checkpoint_model, training_photos
+
+RUN_FILES = ("config.json", "events.csv", "kodak.csv", "steps.csv")
+
+
+def revived_entries(model, dead: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{parameter name: boolean mask of the entries that revive() rewrote} (the density quantiles, which the
+    auxiliary optimizer trains, are left out)."""
+    analysis, synthesis = model.analysis(max(HIGH_RATE_LEVELS)), model.synthesis(max(HIGH_RATE_LEVELS))
+    rewritten = {analysis[-1].weight, analysis[-1].bias, synthesis[0].weight}
+    masks = {}
+    for name, parameter in model.named_parameters():
+        rows = torch.zeros(parameter.shape[0], dtype=torch.bool)
+        if any(parameter is p for p in rewritten):
+            rows = dead
+        elif name.startswith(tuple(f"entropy_bottlenecks.{level}." for level in HIGH_RATE_LEVELS)):
+            rows = dead if not name.endswith("quantiles") else rows
+        elif name in ("log_gain", "log_inverse_gain"):
+            mask = torch.zeros(parameter.shape, dtype=torch.bool)
+            mask[list(HIGH_RATE_LEVELS)] = dead
+            masks[name] = mask
+            continue
+        if rows.any():
+            masks[name] = rows.view(-1, *[1] * (parameter.dim() - 1)).expand(parameter.shape)
+    return masks
+
+
+def reset_moments(optimizer_state: dict, names: list[str], masks: dict[str, torch.Tensor]) -> None:
+    """Adam's moments of the masked entries: no momentum, and the second moment of the parameter's other entries."""
+    for index, name in enumerate(names):
+        if name in masks and index in optimizer_state["state"]:
+            moments, mask = optimizer_state["state"][index], masks[name]
+            moments["exp_avg"][mask] = 0
+            moments["exp_avg_sq"][mask] = moments["exp_avg_sq"][~mask].median()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, help="the new run's directory")
+    parser.add_argument("source", type=Path, help="run directory of the network whose high pair is revived")
+    parser.add_argument("--amplitude", type=float, default=1.0,
+                        help="the revived analysis filters' length, in living channels' median lengths")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.run_dir.exists():
+        parser.error(f"{args.run_dir} exists: revive into a new run directory")
+    torch.manual_seed(args.seed)
+    model, state = load_checkpoint_model(args.source)
+    if not model.high_rate_transforms:
+        parser.error(f"{args.source} has no transforms of mse q6-q8's own: train it with --high-rate-transforms")
+    config = state["config"]
+    sampler = CropSampler(training_photos(config["train_dir"]), config["crop"], config["min_scale"])
+    levels = list(HIGH_RATE_LEVELS)
+    dead = dead_channels(model, levels, sampler.sample(np.random.default_rng(args.seed), 16))
+    revive(model, levels, dead, args.amplitude)
+    names = [name for name, _ in model.named_parameters() if not name.endswith("quantiles")]  # the run's order
+    reset_moments(state["optimizer"], names, revived_entries(model, dead))
+    args.run_dir.mkdir(parents=True)
+    for name in RUN_FILES:
+        if (args.source / name).exists():
+            shutil.copyfile(args.source / name, args.run_dir / name)
+    for name in ("checkpoint.pt", "healthy.pt"):  # healthy.pt: where a divergence goes back to
+        torch.save(state | {"model": model.state_dict()}, args.run_dir / name)
+    event = f"revived {int(dead.sum())} dead latent channels of the high pair at amplitude {args.amplitude}"
+    append_csv(args.run_dir / "events.csv", {"step": state["step"], "event": event, "lr_scale": state["lr_scale"]})
+    print(f"{args.run_dir}: {args.source}'s step {state['step']}, {event}")
+
+
+if __name__ == "__main__":
+    main()
