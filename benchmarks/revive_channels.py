@@ -31,24 +31,17 @@ RUN_FILES = ("config.json", "events.csv", "kodak.csv", "steps.csv")
 
 
 def revived_entries(model, dead: torch.Tensor) -> dict[str, torch.Tensor]:
-    """{parameter name: boolean mask of the entries that revive() rewrote} (the density quantiles, which the
-    auxiliary optimizer trains, are left out)."""
+    """{parameter name: boolean mask of the entries that revive() rewrote}."""
     analysis, synthesis = model.analysis(max(HIGH_RATE_LEVELS)), model.synthesis(max(HIGH_RATE_LEVELS))
-    rewritten = {analysis[-1].weight, analysis[-1].bias, synthesis[0].weight}
+    rewritten = (analysis[-1].weight, analysis[-1].bias, synthesis[0].weight)
+    densities = tuple(f"entropy_bottlenecks.{level}." for level in HIGH_RATE_LEVELS)
     masks = {}
     for name, parameter in model.named_parameters():
-        rows = torch.zeros(parameter.shape[0], dtype=torch.bool)
-        if any(parameter is p for p in rewritten):
-            rows = dead
-        elif name.startswith(tuple(f"entropy_bottlenecks.{level}." for level in HIGH_RATE_LEVELS)):
-            rows = dead if not name.endswith("quantiles") else rows
-        elif name in ("log_gain", "log_inverse_gain"):
-            mask = torch.zeros(parameter.shape, dtype=torch.bool)
-            mask[list(HIGH_RATE_LEVELS)] = dead
-            masks[name] = mask
-            continue
-        if rows.any():
-            masks[name] = rows.view(-1, *[1] * (parameter.dim() - 1)).expand(parameter.shape)
+        if any(parameter is p for p in rewritten) or name.startswith(densities):  # a row per latent channel
+            masks[name] = dead.view(-1, *[1] * (parameter.dim() - 1)).expand(parameter.shape)
+        elif name in ("log_gain", "log_inverse_gain"):  # a row per level
+            masks[name] = torch.zeros(parameter.shape, dtype=torch.bool)
+            masks[name][list(HIGH_RATE_LEVELS)] = dead
     return masks
 
 
