@@ -25,7 +25,7 @@ import torch
 from transform_finetune import dead_channels, revive  # beside this script
 
 from caecodec.models import HIGH_RATE_LEVELS
-from caecodec.training import CropSampler, append_csv, load_checkpoint_model, training_photos
+from caecodec.training import CropSampler, append_csv, load_checkpoint_model, main_parameters, training_photos
 
 RUN_FILES = ("config.json", "events.csv", "kodak.csv", "steps.csv")
 
@@ -73,7 +73,7 @@ def main() -> None:
     levels = list(HIGH_RATE_LEVELS)
     dead = dead_channels(model, levels, sampler.sample(np.random.default_rng(args.seed), 16))
     revive(model, levels, dead, args.amplitude)
-    names = [name for name, _ in model.named_parameters() if not name.endswith("quantiles")]  # the run's order
+    names = [name for name, _ in main_parameters(model)]
     reset_moments(state["optimizer"], names, revived_entries(model, dead))
     args.run_dir.mkdir(parents=True)
     for name in RUN_FILES:

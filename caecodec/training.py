@@ -198,7 +198,7 @@ class Trainer:
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
-        main = [(name, p) for name, p in self.model.named_parameters() if not name.endswith("quantiles")]
+        main = main_parameters(self.model)
         self.main_names, self.main_parameters = [name for name, _ in main], [p for _, p in main]
         aux = [p for name, p in self.model.named_parameters() if name.endswith("quantiles")]
         self.optimizer = torch.optim.Adam(self.main_parameters, lr=self.config.peak_lr)
@@ -420,6 +420,12 @@ def validation_rows(model: VariableRateFactorizedPrior, levels, images: list[np.
         result = mean_of(sum(replicas.gather(measurements), []) if replicas else measurements).as_dict()
         rows.append({"step": step, "quality": quality, "metric": metric, "images": len(images), **result})
     return rows
+
+
+def main_parameters(model: VariableRateFactorizedPrior) -> list[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of what the main optimizer trains, in its order: all but the density quantiles, which the
+    auxiliary loss moves."""
+    return [(name, p) for name, p in model.named_parameters() if not name.endswith("quantiles")]
 
 
 def level_shares(levels, mse_share: float) -> np.ndarray:

@@ -18,7 +18,7 @@ from PIL import Image
 from caecodec import weights
 from caecodec.entropy_models import EntropyBottleneck
 from caecodec.evaluation import mean_measurement
-from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, train
+from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, main_parameters, train
 from caecodec.models import VariableRateFactorizedPrior
 
 TINY_CONFIG = dict(n=8, m=8, batch=2, warmup_steps=2, kodak_dir=None)
@@ -602,7 +602,7 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_its_high_pair_and_tra
     assert all(torch.equal(before[name], after[name]) for name in before if not name.startswith(high))
     assert all(torch.equal(after[name][:5], before[name][:5]) for name in ("log_gain", "log_inverse_gain"))
     moments = torch.load(revived / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
-    names = [name for name, _ in load_checkpoint_model(revived)[0].named_parameters() if not name.endswith("quantiles")]
+    names = [name for name, _ in main_parameters(load_checkpoint_model(revived)[0])]
     revived_filters = moments[names.index("g_a_mse_high.6.weight")]
     assert not revived_filters["exp_avg"][changed].any() and (revived_filters["exp_avg_sq"][changed] > 0).all()
     refused = subprocess.run([sys.executable, script, revived, source], capture_output=True, text=True)
