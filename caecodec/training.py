@@ -108,6 +108,12 @@ PLACES = ("run_dir", "kodak_dir", "train_dir", "snapshot_dir")  # where things a
 OWN_TRANSFORM_SETTINGS = ("metric_encoders", "metric_decoders", "high_rate_transforms")  # each needs the ones before it
 
 
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX: oneDNN's own test). Without it
+    bfloat16 autocast is emulated, and the transforms cost 22 times what they do in float32 (docs/training.md)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def defaults(dataclass_type) -> dict:
     return {f.name: f.default for f in fields(dataclass_type) if f.default is not MISSING}
 

@@ -18,18 +18,19 @@ from PIL import Image
 from caecodec import weights
 from caecodec.entropy_models import EntropyBottleneck
 from caecodec.evaluation import mean_measurement
-from caecodec.training import Trainer, TrainingConfig, kodak_images, load_checkpoint_model, main_parameters, train
+from caecodec.training import (Trainer, TrainingConfig, kodak_images, load_checkpoint_model, main_parameters,
+                               native_bfloat16, train)
 from caecodec.models import VariableRateFactorizedPrior
 
 TINY_CONFIG = dict(n=8, m=8, batch=2, warmup_steps=2, kodak_dir=None)
 TINY = ["--n", "8", "--m", "8", "--batch", "2", "--threads", "1", "--quiet", "--kodak-dir", ""]
 
 
-def caecodec(*arguments, cwd):
+def caecodec(*arguments, cwd, stream="stdout"):
     result = subprocess.run([sys.executable, "-m", "caecodec.cli", *map(str, arguments)], capture_output=True,
                             text=True, timeout=600, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    return getattr(result, stream)
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +73,12 @@ def test_resume_is_exact(tmp_path, photos, precision):
 
 def test_bf16_run_differs_from_fp32_and_a_switch_is_logged(tmp_path, photos):
     """Mixed precision really changes the arithmetic; switching a run to it is a recipe change on record,
-    also for a checkpoint written before the setting existed (which trained in float32)."""
+    also for a checkpoint written before the setting existed (which trained in float32). On a CPU without bfloat16
+    arithmetic, where it is emulated, training in it warns."""
     for precision in ("fp32", "bf16"):
-        caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / precision, "--steps", 2, *TINY,
-                 "--precision", precision, cwd=tmp_path)
+        warnings = caecodec("train", "--train-dir", photos, "--run-dir", tmp_path / precision, "--steps", 2, *TINY,
+                            "--precision", precision, cwd=tmp_path, stream="stderr")
+        assert ("which this CPU has no arithmetic for" in warnings) == (precision == "bf16" and not native_bfloat16())
     fp32, bf16 = model_state(tmp_path / "fp32"), model_state(tmp_path / "bf16")
     assert not torch.equal(fp32["g_s.0.weight"], bf16["g_s.0.weight"])
     assert torch.allclose(fp32["g_s.0.weight"], bf16["g_s.0.weight"], atol=1e-3)  # the same two steps, nearly
@@ -575,16 +578,18 @@ def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_anothe
             torch.testing.assert_close(tensor.float(), source[name], atol=1e-3, rtol=1e-3)  # transforms in fp16
 
 
-def test_reviving_a_run_restarts_only_the_dead_channels_of_its_high_pair_and_trains_on(tmp_path, photos):
-    """benchmarks/revive_channels.py: channels of the high pair whose analysis output is flat get fresh filters
-    (the amplitude asked for, in living channels' lengths), zero synthesis weights and Adam moments of the usual
-    size; nothing else changes, and the revived run resumes."""
+def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_trains_on(tmp_path, photos):
+    """benchmarks/revive_channels.py: channels of the high pair (or of the transform that --levels names, all its
+    levels) whose analysis output is flat get fresh filters (the amplitude asked for, in living channels' lengths),
+    zero synthesis weights and Adam moments of the usual size; nothing else changes, and the revived run resumes."""
     common = ["--train-dir", photos, *TINY, "--metric-decoders"]
     source, revived = tmp_path / "source", tmp_path / "revived"
     caecodec("train", *common, "--run-dir", source, "--steps", 3, "--levels", "6,7", "--high-rate-transforms", cwd=tmp_path)
     state = torch.load(source / "checkpoint.pt", weights_only=False)
+    for name in ("g_a.6.weight", "g_a.6.bias"):  # 3 steps leave q1-q5's untrained filters too short to carry anything
+        state["model"][name] = 3 * state["model"][name.replace("g_a.", "g_a_mse_high.")]
     killed = [0, 1, 2]  # as dead as version 21's: these channels' analysis output does not vary
-    for name in ("g_a_mse_high.6.weight", "g_a_mse_high.6.bias"):
+    for name in ("g_a_mse_high.6.weight", "g_a_mse_high.6.bias", "g_a.6.weight", "g_a.6.bias"):
         state["model"][name][killed] = 0
     torch.save(state, source / "checkpoint.pt")
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "revive_channels.py"
@@ -594,7 +599,7 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_its_high_pair_and_tra
     filters = after["g_a_mse_high.6.weight"].flatten(1).norm(dim=1)
     changed = (before["g_a_mse_high.6.weight"] != after["g_a_mse_high.6.weight"]).flatten(1).any(dim=1)
     assert set(killed) <= set(changed.nonzero().flatten().tolist())
-    assert f"revived {int(changed.sum())} dead latent channels of the high pair at amplitude 0.5" in out
+    assert f"revived {int(changed.sum())} dead latent channels of the transform of levels 5,6,7 at amplitude 0.5" in out
     torch.testing.assert_close(filters[changed], 0.5 * filters[~changed].median().expand(int(changed.sum())))
     assert not after["g_s_mse_high.0.weight"][changed].any()
     high = ("g_a_mse_high.6.", "g_s_mse_high.0.weight", "entropy_bottlenecks.5.", "entropy_bottlenecks.6.",
@@ -607,6 +612,15 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_its_high_pair_and_tra
     assert not revived_filters["exp_avg"][changed].any() and (revived_filters["exp_avg_sq"][changed] > 0).all()
     refused = subprocess.run([sys.executable, script, revived, source], capture_output=True, text=True)
     assert refused.returncode != 0 and "exists: revive into a new run directory" in refused.stderr
+    low = tmp_path / "low"  # the mse transform of q1-q5 shares no level with the high pair
+    refused = subprocess.run([sys.executable, script, low, source, "--levels", "3,4"], capture_output=True, text=True)
+    assert refused.returncode != 0 and "serves levels 0,1,2,3,4; revive all of them and no others" in refused.stderr
+    subprocess.run([sys.executable, script, low, source, "--levels", "0,1,2,3,4"], capture_output=True, check=True)
+    after_low = model_state(low)
+    changed_low = (before["g_a.6.weight"] != after_low["g_a.6.weight"]).flatten(1).any(dim=1)
+    assert set(killed) <= set(changed_low.nonzero().flatten().tolist())
+    assert all(torch.equal(before[name], after_low[name]) for name in before if name.startswith(high[:-2]))
+    assert all(torch.equal(after_low[name][5:], before[name][5:]) for name in ("log_gain", "log_inverse_gain"))
     caecodec("train", *common, "--run-dir", revived, "--steps", 2, "--levels", "6,7", cwd=tmp_path)
     assert torch.load(revived / "checkpoint.pt", weights_only=False)["step"] == 5
     assert "revived" in (revived / "events.csv").read_text()

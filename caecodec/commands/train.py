@@ -39,8 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mse-share", type=float, help="fraction of steps spent on the mse levels, the rest on "
                                                          "ms-ssim (default: the run's, else 0.6)")
     parser.add_argument("--precision", help="fp32, or bf16: the transforms under bfloat16 autocast, weights, densities "
-                                            "and loss in float32; faster on some CPUs (1.37x on AMD EPYC), slower on others "
-                                            "(0.7x on an Intel Xeon): benchmarks/step_cost.py tells "
+                                            "and loss in float32; faster on some CPUs (1.37x on an AMD EPYC with AVX512-BF16), "
+                                            "slower on others (0.7x on an Intel Xeon, 1/22 on an AMD EPYC with no "
+                                            "bfloat16 arithmetic, where train warns): benchmarks/step_cost.py tells "
                                             "(default: the run's, else fp32; docs/training.md)")
     parser.add_argument("--metric-encoders", action="store_true", default=None,
                         help="an analysis transform per metric (a shared-encoder run splits its own in two on resume)")
@@ -97,7 +98,7 @@ def run(args) -> int:
         raise UsageError(f"training images folder not found: {args.train_dir}")
     import torch
 
-    from ..training import TrainingConfig, train
+    from ..training import TrainingConfig, native_bfloat16, train
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +113,10 @@ def run(args) -> int:
     config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
                                    snapshot_dir=args.snapshots,
                                    **{name: value for name, value in given.items() if value is not None})
+    if config.precision == "bf16" and not native_bfloat16():  # a run keeps its precision when it moves machine
+        print(f"caecodec train: warning: {args.run_dir} trains in bf16, which this CPU has no arithmetic for "
+              "(no AVX512-BF16 or AMX): its transforms cost 22 times float32's here; --precision fp32 switches it",
+              file=sys.stderr)
     trainer = train(config, args.steps, progress=not args.quiet and sys.stderr.isatty(), branch_from=args.cooldown_from,
                     cooldown_steps=args.cooldown_steps, processes=args.processes)
     print(f"run {args.run_dir}: step {trainer.step}, {trainer.skipped} spike steps skipped")
