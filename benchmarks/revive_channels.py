@@ -65,7 +65,7 @@ def reset_moments(optimizer_state: dict, names: list[str], masks: dict[str, torc
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path, help="the new run's directory")
-    parser.add_argument("source", type=Path, help="run directory of the network whose high pair is revived")
+    parser.add_argument("source", type=Path, help="run directory of the network whose transform is revived")
     parser.add_argument("--amplitude", type=float, default=1.0,
                         help="the revived analysis filters' length, in living channels' median lengths")
     parser.add_argument("--levels", default=",".join(map(str, HIGH_RATE_LEVELS)),
@@ -77,7 +77,10 @@ def main() -> None:
         parser.error(f"{args.run_dir} exists: revive into a new run directory")
     torch.manual_seed(args.seed)
     model, state = load_checkpoint_model(args.source)
-    levels = sorted(int(level) for level in args.levels.split(","))
+    try:
+        levels = sorted(int(level) for level in args.levels.split(","))
+    except ValueError:
+        parser.error(f"--levels takes comma-separated level indexes, not {args.levels!r}")
     if levels != (users := transform_users(model, levels[0])):
         parser.error(f"--levels {args.levels}: {args.source}'s analysis transform of level {levels[0]} serves levels "
                      f"{','.join(map(str, users))}; revive all of them and no others")
