@@ -131,12 +131,21 @@ def dead_channels(model, levels: list[int], crops: torch.Tensor) -> torch.Tensor
         return y.std(1) * torch.exp(model.log_gain[max(levels)]) < 0.1
 
 
-def revive(model, levels: list[int], dead: torch.Tensor, amplitude: float = 1.0) -> None:
+CLOSED_LOG_GAIN = -12.0  # e^-12: the latent rounds to its median, and training's noise reaches the synthesis ×6e-6
+CLOSED_NARROWING = 1000.0  # a density this much narrower than a living channel's gives the median bin all its mass
+
+
+def revive(model, levels: list[int], dead: torch.Tensor, amplitude: float = 1.0, closed: tuple[int, ...] = (),
+           widening: float = 1.0) -> None:
     """Give the `dead` latent channels of the mse transforms of `levels` a fresh start: random analysis filters
     `amplitude` times as long as the living channels' (median norm), the living channels' median gains at each
     level, the density of a living channel drawn at random, and zero synthesis weights. The revived channels first
     cost rate and must earn it; the constant that the dead ones fed the synthesis is lost (0.57 dB at q8 before
-    training)."""
+    training). At the `closed` levels the revived channels stay shut: gain and inverse gain e^-12, and the borrowed
+    density narrowed about zero, so that they cost no bits there and the synthesis gets nothing from them; those
+    levels then neither pay for the revival nor, training, push the revived channels back to death. `widening`
+    makes the borrowed densities of the open levels that many times wider, about zero, so that the rate term pulls
+    the revived latents towards zero 1/widening² as hard while the synthesis learns to read them."""
     alive = ~dead
     with torch.no_grad():
         last, first = model.analysis(max(levels))[-1], model.synthesis(max(levels))[0]
@@ -148,9 +157,24 @@ def revive(model, levels: list[int], dead: torch.Tensor, amplitude: float = 1.0)
         donors = alive.nonzero()[torch.randint(int(alive.sum()), (int(dead.sum()),))].squeeze(1)
         for level in levels:
             for gains in (model.log_gain, model.log_inverse_gain):
-                gains[level, dead] = gains[level, alive].median()
+                gains[level, dead] = CLOSED_LOG_GAIN if level in closed else gains[level, alive].median()
             for parameter in model.entropy_bottlenecks[level].parameters():
                 parameter[dead] = parameter[donors]
+            if level in closed or widening != 1.0:
+                narrowing = CLOSED_NARROWING if level in closed else 1 / widening
+                narrow_density(model.entropy_bottlenecks[level], dead, narrowing)
+
+
+def narrow_density(bottleneck, channels: torch.Tensor, factor: float) -> None:
+    """Make the densities of `channels` `factor` times narrower (wider, under 1) and move their medians to zero:
+    p(x) becomes p(factor·x + median), exactly, since the first layer of the cumulative's network is affine in x."""
+    with torch.no_grad():
+        median = bottleneck.quantiles[channels, :, 1:2]
+        slope = torch.nn.functional.softplus(bottleneck.matrices[0][channels])
+        bottleneck.biases[0][channels] += slope * median
+        scaled = slope * factor
+        bottleneck.matrices[0][channels] = scaled + torch.log(-torch.expm1(-scaled))  # softplus⁻¹
+        bottleneck.quantiles[channels] = (bottleneck.quantiles[channels] - median) / factor
 
 
 def measure_levels(model, levels: list[int], images: list[np.ndarray], retabulate: bool = False) -> dict:

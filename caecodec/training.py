@@ -665,7 +665,8 @@ class SynthesisFitRecipe:
 
 
 def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, recipe: SynthesisFitRecipe,
-                  precision: str = "fp32", msssim_window: int = 7, seed: int = 0) -> list[str]:
+                  precision: str = "fp32", msssim_window: int = 7, seed: int = 0,
+                  levels_of: list[int] | None = None) -> list[str]:
     """Fine-tune each synthesis transform, with its levels' inverse gains, to the rounded latents it decodes.
 
     Training feeds the synthesis latents with uniform noise in place of rounding, so it never sees the integer
@@ -673,13 +674,14 @@ def fit_synthesis(model: VariableRateFactorizedPrior, sampler: CropSampler, reci
     The analysis transforms, gains and densities stay frozen, so every latent and every rate stays as it was and
     only the reconstruction moves (docs/training.md, "Synthesis refitted to rounded latents"). Each synthesis
     trains `recipe.steps` steps on its own levels, drawn alike, batches of `sampler`'s crops, each level's loss
-    divided by its running mean as in training. Returns the transforms fitted.
+    divided by its running mean as in training; `levels_of`: only the transforms of these levels. Returns the
+    transforms fitted.
     """
     generator = np.random.default_rng(seed)
     names = {id(module): name for name, module in model.named_children()}
     fitted = []
     model.requires_grad_(False)
-    for synthesis in {model.synthesis(level): None for level in range(model.levels)}:
+    for synthesis in {model.synthesis(level): None for level in levels_of or range(model.levels)}:
         levels = [level for level in range(model.levels) if model.synthesis(level) is synthesis]
         parameters = [*synthesis.parameters(), model.log_inverse_gain]
         for parameter in parameters:

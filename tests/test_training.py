@@ -581,7 +581,10 @@ def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_anothe
 def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_trains_on(tmp_path, photos):
     """benchmarks/revive_channels.py: channels of the high pair (or of the transform that --levels names, all its
     levels) whose analysis output is flat get fresh filters (the amplitude asked for, in living channels' lengths),
-    zero synthesis weights and Adam moments of the usual size; nothing else changes, and the revived run resumes."""
+    zero synthesis weights and Adam moments of the usual size; nothing else changes, and the revived run resumes.
+    At --closed levels the revived channels stay shut: gains e^-12 and a density with all its mass on zero; with
+    --synthesis-steps the revived transform's synthesis first learns to read them, and only it; --moments-from
+    lends another run's Adam second moments."""
     common = ["--train-dir", photos, *TINY, "--metric-decoders"]
     source, revived = tmp_path / "source", tmp_path / "revived"
     caecodec("train", *common, "--run-dir", source, "--steps", 3, "--levels", "6,7", "--high-rate-transforms", cwd=tmp_path)
@@ -621,6 +624,37 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_tra
     assert set(killed) <= set(changed_low.nonzero().flatten().tolist())
     assert all(torch.equal(before[name], after_low[name]) for name in before if name.startswith(high[:-2]))
     assert all(torch.equal(after_low[name][5:], before[name][5:]) for name in ("log_gain", "log_inverse_gain"))
+    closed = tmp_path / "closed"  # shut at q6 (level 5): no bits there, nothing for the synthesis
+    refused = subprocess.run([sys.executable, script, closed, source, "--closed", "5,6,7"], capture_output=True,
+                             text=True)
+    assert refused.returncode != 0 and "the closed levels must be some of --levels 5,6,7, not all" in refused.stderr
+    out = subprocess.run([sys.executable, script, closed, source, "--amplitude", "0.5", "--closed", "5",
+                          "--widen", "4", "--synthesis-steps", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "shut at levels 5, their densities widened 4 times, the synthesis fitted to them in 3 steps" in out
+    after_closed, model = model_state(closed), load_checkpoint_model(closed)[0]
+    assert after_closed["g_s_mse_high.0.weight"][changed].any()  # the synthesis of the revived pair reads them
+    for name in before:  # and nothing else trained
+        if name.startswith(("g_a", "g_s.", "g_s_ms_ssim.")):
+            assert torch.equal(after_closed[name], after[name] if name.startswith("g_a_mse_high.") else before[name])
+    for name in ("log_gain", "log_inverse_gain"):
+        assert (after_closed[name][5, changed] == -12).all() and (after_closed[name][6:, changed] > -12).all()
+    shut, widened = model.entropy_bottlenecks[5], model.entropy_bottlenecks[6]
+    lender = load_checkpoint_model(source)[0].entropy_bottlenecks[6]
+    with torch.no_grad():
+        assert (shut.medians[changed] == 0).all() and (shut._likelihood(torch.zeros(8, 1, 1))[0][changed] > 0.999).all()
+        assert (widened.medians[changed] == 0).all()  # open levels: a living channel's density, 4 times as wide
+        spread = widened.quantiles[changed, 0, 2] - widened.quantiles[changed, 0, 0]
+        living = lender.quantiles[~changed, 0, 2] - lender.quantiles[~changed, 0, 0]
+        assert all(torch.isclose(width / 4, living, rtol=1e-4).any() for width in spread)
+    lent = tmp_path / "lent"  # Adam's second moments from another run of the network, no momentum
+    subprocess.run([sys.executable, script, lent, source, "--amplitude", "0.5", "--moments-from", revived], check=True,
+                   capture_output=True)
+    borrowed = torch.load(lent / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    lender = torch.load(revived / "checkpoint.pt", weights_only=False)["optimizer"]["state"]
+    assert borrowed.keys() == lender.keys() and not any(borrowed[index]["exp_avg"].any() for index in borrowed)
+    index = names.index("g_a_mse_high.6.weight")
+    assert torch.equal(borrowed[index]["exp_avg_sq"], lender[index]["exp_avg_sq"])
     caecodec("train", *common, "--run-dir", revived, "--steps", 2, "--levels", "6,7", cwd=tmp_path)
     assert torch.load(revived / "checkpoint.pt", weights_only=False)["step"] == 5
     assert "revived" in (revived / "events.csv").read_text()
