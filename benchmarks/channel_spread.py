@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import torch
-from revive_channels import transform_users  # beside this script
+from revive_channels import judging_crops, transform_users  # beside this script
 from transform_finetune import dead_channels
 
 from caecodec.models import variable_rate_like
-from caecodec.training import CropSampler, load_checkpoint_model, training_photos
+from caecodec.training import load_checkpoint_model, training_photos
 
 
 def spread_rows(model, levels: list[int], dead: torch.Tensor, crops: torch.Tensor) -> list[str]:
@@ -45,12 +44,10 @@ def main() -> None:
     parser.add_argument("--levels", default="7", help="comma-separated level indexes whose transform was revived")
     parser.add_argument("--seed", type=int, default=0, help="revive_channels.py's --seed")
     args = parser.parse_args()
-    torch.manual_seed(args.seed)  # as revive_channels.py, so that the crops are the ones it judged by
     source, state = load_checkpoint_model(args.source)
     levels = transform_users(source, int(args.levels.split(",")[0]))
     config = state["config"]
-    sampler = CropSampler(training_photos(config["train_dir"]), config["crop"], config["min_scale"])
-    crops = sampler.sample(np.random.default_rng(args.seed), 16)
+    crops = judging_crops(training_photos(config["train_dir"]), config, args.seed)
     dead = dead_channels(source, levels, crops)
     print(f"{args.source}: {int(dead.sum())} of {len(dead)} channels dead")
     for path in args.checkpoints:

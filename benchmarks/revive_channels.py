@@ -86,6 +86,11 @@ def borrowed_moments(optimizer_state: dict, lender: Path, parameters: list[torch
     return {"state": state, "param_groups": optimizer_state["param_groups"]}
 
 
+def judging_crops(photos: list, config: dict, seed: int) -> torch.Tensor:
+    """The 16 training crops on which a run's dead channels are found, the same for the revival and its probes."""
+    return CropSampler(photos, config["crop"], config["min_scale"]).sample(np.random.default_rng(seed), 16)
+
+
 def level_list(parser: argparse.ArgumentParser, option: str, text: str) -> list[int]:
     """The sorted level indexes of a comma-separated `option` (empty: none)."""
     try:
@@ -129,8 +134,7 @@ def main() -> None:
         parser.error(f"--closed {args.closed}: the closed levels must be some of --levels {args.levels}, not all")
     config = state["config"]
     photos = training_photos(config["train_dir"])
-    sampler = CropSampler(photos, config["crop"], config["min_scale"])
-    dead = dead_channels(model, levels, sampler.sample(np.random.default_rng(args.seed), 16))
+    dead = dead_channels(model, levels, judging_crops(photos, config, args.seed))
     if dead.all():
         parser.error(f"no latent channel of level {max(levels)} carries anything: no living channel to take gains "
                      "and densities from")

@@ -584,7 +584,7 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_tra
     zero synthesis weights and Adam moments of the usual size; nothing else changes, and the revived run resumes.
     At --closed levels the revived channels stay shut: gains e^-12 and a density with all its mass on zero; with
     --synthesis-steps the revived transform's synthesis first learns to read them, and only it; --moments-from
-    lends another run's Adam second moments."""
+    lends another run's Adam second moments. benchmarks/channel_spread.py finds the same dead channels."""
     common = ["--train-dir", photos, *TINY, "--metric-decoders"]
     source, revived = tmp_path / "source", tmp_path / "revived"
     caecodec("train", *common, "--run-dir", source, "--steps", 3, "--levels", "6,7", "--high-rate-transforms", cwd=tmp_path)
@@ -647,6 +647,11 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_tra
         spread = widened.quantiles[changed, 0, 2] - widened.quantiles[changed, 0, 0]
         living = lender.quantiles[~changed, 0, 2] - lender.quantiles[~changed, 0, 0]
         assert all(torch.isclose(width / 4, living, rtol=1e-4).any() for width in spread)
+    probe = script.with_name("channel_spread.py")  # finds the same dead channels, and sees them shut at level 5
+    out = subprocess.run([sys.executable, probe, source, closed / "checkpoint.pt", "--levels", "5,6,7"],
+                         capture_output=True, text=True, check=True).stdout
+    assert f"{source}: {int(changed.sum())} of {len(changed)} channels dead" in out
+    assert "level 5: revived 0.000 median, 0.000 largest, 0 over half a bin" in out
     lent = tmp_path / "lent"  # Adam's second moments from another run of the network, no momentum
     subprocess.run([sys.executable, script, lent, source, "--amplitude", "0.5", "--moments-from", revived], check=True,
                    capture_output=True)
