@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--levels", default="7", help="comma-separated level indexes whose transform was revived")
     parser.add_argument("--seed", type=int, default=0, help="revive_channels.py's --seed")
     args = parser.parse_args()
+    if missing := [str(path) for path in args.checkpoints if not path.is_file()]:
+        parser.error(f"no such checkpoint: {', '.join(missing)}")
     source, state = load_checkpoint_model(args.source)
     levels = transform_users(source, int(args.levels.split(",")[0]))
     config = state["config"]

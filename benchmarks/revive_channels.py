@@ -4,6 +4,8 @@
     caecodec train --run-dir runs/revive --snapshots runs/revive-snapshots --levels 5,6,7 --threads 1 --processes 2
     python3 benchmarks/revive_channels.py runs/revive-mse runs/v21 --levels 0,1,2,3,4,5,6,7 --amplitude 0.3
     python3 benchmarks/revive_channels.py runs/revive-q4 runs/v21 --levels 0,1,2,3,4,5,6,7 --closed 0,1,2
+    python3 benchmarks/revive_channels.py runs/revive-taught runs/v21 --levels 0,1,2,3,4,5,6,7 --closed 0,1,2 \
+        --distortion-steps 1000
 
 Version 21 codes every mse level from q3 up with the same 73 of its 192 latent channels, and a high pair trained
 on mse q6-q8 alone for 10 000 steps keeps them dead (`ceiling_probe.py`): a channel whose analysis output is flat
@@ -20,7 +22,8 @@ transform_finetune.revive): reviving for all eight mse levels at once, most revi
 5 000 steps, and shut at q1-q3 they still lost half their spread within 500 steps: while their synthesis weights are
 still near zero, the rate term alone moves their analysis filters, and flattens them. --synthesis-steps first
 teaches the synthesis to read the revived channels (and only the synthesis trains), so that from the run's first
-step the distortion term too has a say on their filters.
+step the distortion term too has a say on their filters; --distortion-steps goes further and turns the revived
+filters too, by the distortion term alone. Neither slowed the collapse (docs/training.md, session 32).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from transform_finetune import dead_channels, revive  # beside this script
 
 from caecodec.models import HIGH_RATE_LEVELS
 from caecodec.training import (CropSampler, SynthesisFitRecipe, append_csv, fit_synthesis, load_checkpoint_model,
-                               main_parameters, training_photos)
+                               main_parameters, rate_distortion_loss, training_photos)
 
 RUN_FILES = ("config.json", "events.csv", "kodak.csv", "steps.csv")
 
@@ -86,6 +89,35 @@ def borrowed_moments(optimizer_state: dict, lender: Path, parameters: list[torch
     return {"state": state, "param_groups": optimizer_state["param_groups"]}
 
 
+def teach_revived(model, sampler: CropSampler, levels: list[int], dead: torch.Tensor, recipe: SynthesisFitRecipe,
+                  seed: int) -> None:
+    """Give the revived channels something worth their rate before the rate term sees them: `recipe.steps` steps
+    of the distortion term alone, at `levels` (the open ones), drawn alike, on training's noisy latents. The revived
+    analysis filters learn directions, their lengths held, and the synthesis learns to read them; nothing else
+    trains, so no living channel's latent moves. Without this the rate term turns random filters towards flat
+    directions within 500 steps, while their synthesis weights are still near zero (docs/training.md, session 31)."""
+    generator = np.random.default_rng(seed)
+    last, synthesis = model.analysis(max(levels))[-1], model.synthesis(max(levels))
+    lengths = last.weight[dead].flatten(1).norm(dim=1)
+    model.requires_grad_(False)
+    parameters = [last.weight, *synthesis.parameters(), model.log_inverse_gain]
+    for parameter in parameters:
+        parameter.requires_grad_(True)
+    only_revived = last.weight.register_hook(lambda grad: grad * dead.view(-1, 1, 1, 1))
+    optimizer = torch.optim.Adam(parameters, lr=recipe.lr)
+    for _ in range(recipe.steps):
+        level = levels[generator.integers(len(levels))]
+        x = sampler.sample(generator, recipe.batch)
+        _, _, mse = rate_distortion_loss(model(x, level, noise=True), x, level, msssim_window=7)
+        optimizer.zero_grad(set_to_none=True)
+        mse.backward()
+        optimizer.step()
+        with torch.no_grad():
+            last.weight[dead] *= (lengths / last.weight[dead].flatten(1).norm(dim=1))[:, None, None, None]
+    only_revived.remove()
+    model.requires_grad_(True)
+
+
 def judging_crops(photos: list, config: dict, seed: int) -> torch.Tensor:
     """The 16 training crops on which a run's dead channels are found, the same for the revival and its probes."""
     return CropSampler(photos, config["crop"], config["min_scale"]).sample(np.random.default_rng(seed), 16)
@@ -117,6 +149,9 @@ def main() -> None:
     parser.add_argument("--synthesis-steps", type=int, default=0,
                         help="steps in which the synthesis learns to read the revived channels before the run "
                              "trains, everything else frozen (training.fit_synthesis; default 0: none)")
+    parser.add_argument("--distortion-steps", type=int, default=0,
+                        help="steps in which the revived filters (their lengths held) and the synthesis learn from the "
+                             "distortion term alone, at the open levels, before the run trains (default 0: none)")
     parser.add_argument("--moments-from", type=Path,
                         help="run directory of the same network whose Adam second moments the revived run starts with, "
                              "for a SOURCE that has none (a run started from bundled weights)")
@@ -143,6 +178,10 @@ def main() -> None:
         recipe = SynthesisFitRecipe(steps=args.synthesis_steps)
         fit_synthesis(model, CropSampler(photos, recipe.crop, config["min_scale"]), recipe, seed=args.seed,
                       levels_of=levels)
+    if args.distortion_steps:
+        recipe = SynthesisFitRecipe(steps=args.distortion_steps)
+        teach_revived(model, CropSampler(photos, recipe.crop, config["min_scale"]), sorted(set(levels) - set(closed)),
+                      dead, recipe, seed=args.seed)
     names, parameters = zip(*main_parameters(model))
     if args.moments_from:
         state["optimizer"] = borrowed_moments(state["optimizer"], args.moments_from, list(parameters))
@@ -157,6 +196,8 @@ def main() -> None:
              f"at amplitude {args.amplitude}" + (f", shut at levels {','.join(map(str, closed))}" if closed else "")
              + (f", their densities widened {args.widen:g} times" if args.widen != 1.0 else "")
              + (f", the synthesis fitted to them in {args.synthesis_steps} steps" if args.synthesis_steps else "")
+             + (f", taught by the distortion term alone in {args.distortion_steps} steps" if args.distortion_steps
+                else "")
              + (f", Adam's second moments from {args.moments_from}" if args.moments_from else ""))
     append_csv(args.run_dir / "events.csv", {"step": state["step"], "event": event, "lr_scale": state["lr_scale"]})
     print(f"{args.run_dir}: {args.source}'s step {state['step']}, {event}")

@@ -584,7 +584,8 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_tra
     zero synthesis weights and Adam moments of the usual size; nothing else changes, and the revived run resumes.
     At --closed levels the revived channels stay shut: gains e^-12 and a density with all its mass on zero; with
     --synthesis-steps the revived transform's synthesis first learns to read them, and only it; --moments-from
-    lends another run's Adam second moments. benchmarks/channel_spread.py finds the same dead channels."""
+    lends another run's Adam second moments; --distortion-steps turns the revived filters (their lengths held) and
+    trains the synthesis by the distortion term alone. benchmarks/channel_spread.py finds the same dead channels."""
     common = ["--train-dir", photos, *TINY, "--metric-decoders"]
     source, revived = tmp_path / "source", tmp_path / "revived"
     caecodec("train", *common, "--run-dir", source, "--steps", 3, "--levels", "6,7", "--high-rate-transforms", cwd=tmp_path)
@@ -647,6 +648,19 @@ def test_reviving_a_run_restarts_only_the_dead_channels_of_one_transform_and_tra
         spread = widened.quantiles[changed, 0, 2] - widened.quantiles[changed, 0, 0]
         living = lender.quantiles[~changed, 0, 2] - lender.quantiles[~changed, 0, 0]
         assert all(torch.isclose(width / 4, living, rtol=1e-4).any() for width in spread)
+    taught = tmp_path / "taught"  # the revived filters turned by the distortion term alone, their lengths held
+    out = subprocess.run([sys.executable, script, taught, source, "--amplitude", "0.5", "--distortion-steps", "3"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "taught by the distortion term alone in 3 steps" in out
+    after_taught = model_state(taught)
+    turned, untouched = after_taught["g_a_mse_high.6.weight"], after["g_a_mse_high.6.weight"]
+    assert (turned[changed] != untouched[changed]).flatten(1).any(dim=1).all()
+    assert torch.equal(turned[~changed], untouched[~changed])
+    torch.testing.assert_close(turned[changed].flatten(1).norm(dim=1), untouched[changed].flatten(1).norm(dim=1))
+    assert after_taught["g_s_mse_high.0.weight"][changed].any()
+    for name in before:  # the rest of the analysis, and the densities, as the revival left them
+        if name.startswith(("g_a", "entropy_bottlenecks.", "log_gain")) and name != "g_a_mse_high.6.weight":
+            assert torch.equal(after_taught[name], after[name]), name
     probe = script.with_name("channel_spread.py")  # finds the same dead channels, and sees them shut at level 5
     out = subprocess.run([sys.executable, probe, source, closed / "checkpoint.pt", "--levels", "5,6,7"],
                          capture_output=True, text=True, check=True).stdout
