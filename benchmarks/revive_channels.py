@@ -174,14 +174,13 @@ def main() -> None:
         parser.error(f"no latent channel of level {max(levels)} carries anything: no living channel to take gains "
                      "and densities from")
     revive(model, levels, dead, args.amplitude, tuple(closed), args.widen)
+    fit_sampler = CropSampler(photos, SynthesisFitRecipe.crop, config["min_scale"])
     if args.synthesis_steps:
-        recipe = SynthesisFitRecipe(steps=args.synthesis_steps)
-        fit_synthesis(model, CropSampler(photos, recipe.crop, config["min_scale"]), recipe, seed=args.seed,
+        fit_synthesis(model, fit_sampler, SynthesisFitRecipe(steps=args.synthesis_steps), seed=args.seed,
                       levels_of=levels)
     if args.distortion_steps:
-        recipe = SynthesisFitRecipe(steps=args.distortion_steps)
-        teach_revived(model, CropSampler(photos, recipe.crop, config["min_scale"]), sorted(set(levels) - set(closed)),
-                      dead, recipe, seed=args.seed)
+        teach_revived(model, fit_sampler, sorted(set(levels) - set(closed)), dead,
+                      SynthesisFitRecipe(steps=args.distortion_steps), seed=args.seed)
     names, parameters = zip(*main_parameters(model))
     if args.moments_from:
         state["optimizer"] = borrowed_moments(state["optimizer"], args.moments_from, list(parameters))
