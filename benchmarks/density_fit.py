@@ -15,7 +15,7 @@ import argparse
 import copy
 from pathlib import Path
 
-from validation_bdrate import bd_text, curve_text, jpeg_curve  # beside this script
+from validation_bdrate import jpeg_curve, report  # beside this script
 
 from caecodec.training import (TrainingConfig, fit_densities, fit_quantiles, kodak_images, load_checkpoint_model,
                                training_photos, validation_rows)
@@ -45,8 +45,7 @@ def main() -> None:
     for name, model in (("as trained", trained), ("refitted", refitted)):
         fit_quantiles(model)
         rows = validation_rows(model, range(model.levels), images, state["step"])
-        print(f"{name}: BD-rate vs JPEG {bd_text(curve, rows)}; bpp/PSNR {curve_text(rows, 'mse')}; "
-              f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}", flush=True)
+        print(report(name, curve, rows), flush=True)
 
 
 if __name__ == "__main__":

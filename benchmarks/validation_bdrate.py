@@ -6,7 +6,10 @@
 Training validates on 8 Kodak images (`kodak.csv`); this encodes the same 8 images with libjpeg-turbo at the
 benchmark's JPEG settings and gives, for each validated step, the BD-rate of the mse levels against JPEG on
 PSNR and of the ms-ssim levels against JPEG on MS-SSIM (dB), and the curves: the trajectory of the figure the
-targets are stated in, between full benchmarks. On 8 images it differs from the 24-image figure by a few points.
+targets are stated in, between full benchmarks. On 8 images it differs from the 24-image figure by a few points. Under each step,
+every mse level's own training objective λ·D + R (D = 255²·MSE taken from the mean PSNR, R in bpp) beside the least
+JPEG reaches at that λ over its measured points: a level below JPEG's least lies above JPEG's curve at its own rate,
+whatever that rate (docs/training.md, session 33).
 With `--checkpoint`, each run's `checkpoint.pt` is measured now, as the run's validation measures it (every
 level exported, real bitstreams): for the averages of `checkpoint_average.py`, which have no validations of
 their own, and for steps between validations; one core, about 2 minutes per metric and checkpoint, where an
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from caecodec import zoo
 from caecodec.bdrate import bd_rate, ms_ssim_db
 from caecodec.bench import average, classical_settings, curves, measure
 from caecodec.training import TrainingConfig, kodak_images, load_checkpoint_model, validation_rows
@@ -69,6 +73,27 @@ def bd_text(curve: dict, rows: list[dict]) -> str:
     return ", ".join(f"{metric} {'n/a (no overlap)' if bd is None else f'{bd:+.2f} %'}" for metric, bd in figures.items())
 
 
+def objective(lam: float, bpp, psnr) -> np.ndarray:
+    """λ·D + R with D = 255²·MSE, the mse levels' training objective, of points given as bpp and PSNR (dB)."""
+    return lam * 255**2 * 10 ** (-np.asarray(psnr, dtype=float) / 10) + np.asarray(bpp, dtype=float)
+
+
+def objective_text(curve: dict, rows: list[dict]) -> str:
+    """Each mse level's objective / the least JPEG's points reach at the level's λ, as one line's text."""
+    texts = []
+    for row in (r for r in rows if r["metric"] == "mse"):
+        lam = zoo.LAMBDAS["mse"][int(row["quality"]) - 1]
+        jpeg_least = objective(lam, curve["bpp"], curve["psnr"]).min()
+        texts.append(f"q{row['quality']} {float(objective(lam, row['bpp'], row['psnr'])):.3f}/{jpeg_least:.3f}")
+    return " ".join(texts)
+
+
+def report(label: str, curve: dict, rows: list[dict]) -> str:
+    """A measurement's BD-rates and curves on one line, and the mse levels' objectives on the next."""
+    return (f"{label}: BD-rate vs JPEG {bd_text(curve, rows)}; bpp/PSNR {curve_text(rows, 'mse')}; "
+            f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}\n  mse objective λ·D+R / JPEG's least: {objective_text(curve, rows)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", type=Path, nargs="+")
@@ -86,8 +111,7 @@ def main() -> None:
     for run_dir in args.run_dirs:
         steps = measured_now(run_dir, images) if args.checkpoint else validations(run_dir)
         for step, rows in sorted(steps.items()):
-            print(f"{run_dir.name} step {step}: BD-rate vs JPEG {bd_text(curve, rows)}; bpp/PSNR {curve_text(rows, 'mse')}; "
-                  f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}", flush=True)
+            print(report(f"{run_dir.name} step {step}", curve, rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -540,13 +540,33 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     def lines(*options):
         out = subprocess.run([sys.executable, script, run, "--kodak", photos, *options], check=True,
                              capture_output=True, text=True, cwd=tmp_path, timeout=600).stdout
-        return [line for line in out.splitlines() if line.startswith("run step")]
+        return out.splitlines()[1:]  # after JPEG's points
 
     missing = subprocess.run([sys.executable, script, tmp_path, "--checkpoint"], capture_output=True, text=True)
     assert missing.returncode == 2 and f"{tmp_path} has no checkpoint.pt to measure" in missing.stderr
     logged, measured = lines(), lines("--checkpoint")
-    assert len(logged) == len(measured) == 1 and logged[0].startswith("run step 2: BD-rate vs JPEG")
+    assert len(logged) == len(measured) == 2 and logged[0].startswith("run step 2: BD-rate vs JPEG")
     assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
+
+
+def test_each_mse_level_s_objective_is_set_beside_jpeg_s_least_at_its_lambda(tmp_path, photos):
+    """validation_bdrate.py gives under each step every mse level's λ·255²·MSE + bpp, from the PSNR and bpp it
+    prints, and the least of that over JPEG's points at the level's λ (the issue's λ, not caecodec's table)."""
+    lambdas = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
+    run = tmp_path / "run"
+    caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY[:-2], "--kodak-dir", photos,
+             "--eval-every", 2, cwd=tmp_path)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_bdrate.py"
+    header, measured, objectives = subprocess.run([sys.executable, script, run, "--kodak", photos], check=True,
+                                                  capture_output=True, text=True, timeout=600).stdout.splitlines()
+    jpeg = [(float(b), float(p)) for b, p in re.findall(r"(\d+\.\d{3}) / (\d+\.\d{2})", header)]
+    levels = re.findall(r" (\d+\.\d{4})/(\d+\.\d{4})", measured.split("; bpp/MS-SSIM")[0])
+    found = re.findall(r"q(\d) (\d+\.\d{3})/(\d+\.\d{3})", objectives)
+    assert len(jpeg) == 6 and [int(q) for q, _, _ in found] == list(range(1, 9)) and len(levels) == 8
+    for lam, (bpp, psnr), (_, own, least) in zip(lambdas, levels, found):
+        assert float(own) == pytest.approx(lam * 255**2 * 10 ** (-float(psnr) / 10) + float(bpp), rel=1e-4, abs=1e-3)
+        jpeg_least = min(lam * 255**2 * 10 ** (-p / 10) + b for b, p in jpeg)
+        assert float(least) == pytest.approx(jpeg_least, rel=3e-3)  # JPEG's PSNRs printed to 0.01 dB
 
 
 def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_another(tmp_path, photos):
