@@ -9,7 +9,9 @@ PSNR and of the ms-ssim levels against JPEG on MS-SSIM (dB), and the curves: the
 targets are stated in, between full benchmarks. On 8 images it differs from the 24-image figure by a few points. Under each step,
 every mse level's own training objective λ·D + R (D = 255²·MSE taken from the mean PSNR, R in bpp) beside the least
 JPEG reaches at that λ over its measured points: a level below JPEG's least lies above JPEG's curve at its own rate,
-whatever that rate (docs/training.md, session 33).
+whatever that rate (docs/training.md, session 33). Then each mse level's PSNR minus JPEG's at the level's own rate
+(interpolated over log rate; n/a below JPEG's lowest rate): the target "better than JPEG at the same bpp at every
+quality", level by level.
 With `--checkpoint`, each run's `checkpoint.pt` is measured now, as the run's validation measures it (every
 level exported, real bitstreams): for the averages of `checkpoint_average.py`, which have no validations of
 their own, and for steps between validations; one core, about 2 minutes per metric and checkpoint, where an
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from caecodec import zoo
-from caecodec.bdrate import bd_rate, ms_ssim_db
+from caecodec.bdrate import bd_rate, ms_ssim_db, quality_at_rate
 from caecodec.bench import average, classical_settings, curves, measure
 from caecodec.training import TrainingConfig, kodak_images, load_checkpoint_model, validation_rows
 
@@ -88,10 +90,21 @@ def objective_text(curve: dict, rows: list[dict]) -> str:
     return " ".join(texts)
 
 
+def against_jpeg_text(curve: dict, rows: list[dict]) -> str:
+    """Each mse level's PSNR minus JPEG's at the level's rate (dB), as one line's text."""
+    texts = []
+    for row in (r for r in rows if r["metric"] == "mse"):
+        jpeg = quality_at_rate(curve["bpp"], curve["psnr"], float(row["bpp"]))
+        difference = "n/a" if jpeg is None else f"{float(row['psnr']) - jpeg:+.2f}"
+        texts.append(f"q{row['quality']} {difference}")
+    return " ".join(texts)
+
+
 def report(label: str, curve: dict, rows: list[dict]) -> str:
-    """A measurement's BD-rates and curves on one line, and the mse levels' objectives on the next."""
+    """A measurement's BD-rates and curves on one line, the mse levels' objectives and their PSNR against JPEG's below."""
     return (f"{label}: BD-rate vs JPEG {bd_text(curve, rows)}; bpp/PSNR {curve_text(rows, 'mse')}; "
-            f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}\n  mse objective λ·D+R / JPEG's least: {objective_text(curve, rows)}")
+            f"bpp/MS-SSIM {curve_text(rows, 'ms-ssim')}\n  mse objective λ·D+R / JPEG's least: {objective_text(curve, rows)}"
+            f"\n  mse PSNR − JPEG's at the same rate (dB): {against_jpeg_text(curve, rows)}")
 
 
 def main() -> None:

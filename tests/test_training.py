@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -545,20 +546,22 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     missing = subprocess.run([sys.executable, script, tmp_path, "--checkpoint"], capture_output=True, text=True)
     assert missing.returncode == 2 and f"{tmp_path} has no checkpoint.pt to measure" in missing.stderr
     logged, measured = lines(), lines("--checkpoint")
-    assert len(logged) == len(measured) == 2 and logged[0].startswith("run step 2: BD-rate vs JPEG")
+    assert len(logged) == len(measured) == 3 and logged[0].startswith("run step 2: BD-rate vs JPEG")
     assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
 
 
-def test_each_mse_level_s_objective_is_set_beside_jpeg_s_least_at_its_lambda(tmp_path, photos):
+def test_each_mse_level_is_set_beside_jpeg_by_its_objective_and_at_its_rate(tmp_path, photos):
     """validation_bdrate.py gives under each step every mse level's λ·255²·MSE + bpp, from the PSNR and bpp it
-    prints, and the least of that over JPEG's points at the level's λ (the issue's λ, not caecodec's table)."""
+    prints, and the least of that over JPEG's points at the level's λ (the issue's λ, not caecodec's table); then the
+    level's PSNR minus JPEG's at the level's rate, JPEG's points interpolated over log rate (n/a outside them)."""
     lambdas = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800)
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 2, *TINY[:-2], "--kodak-dir", photos,
              "--eval-every", 2, cwd=tmp_path)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "validation_bdrate.py"
-    header, measured, objectives = subprocess.run([sys.executable, script, run, "--kodak", photos], check=True,
-                                                  capture_output=True, text=True, timeout=600).stdout.splitlines()
+    header, measured, objectives, differences = subprocess.run(
+        [sys.executable, script, run, "--kodak", photos], check=True, capture_output=True, text=True,
+        timeout=600).stdout.splitlines()
     jpeg = [(float(b), float(p)) for b, p in re.findall(r"(\d+\.\d{3}) / (\d+\.\d{2})", header)]
     levels = re.findall(r" (\d+\.\d{4})/(\d+\.\d{4})", measured.split("; bpp/MS-SSIM")[0])
     found = re.findall(r"q(\d) (\d+\.\d{3})/(\d+\.\d{3})", objectives)
@@ -567,6 +570,26 @@ def test_each_mse_level_s_objective_is_set_beside_jpeg_s_least_at_its_lambda(tmp
         assert float(own) == pytest.approx(lam * 255**2 * 10 ** (-float(psnr) / 10) + float(bpp), rel=1e-4, abs=1e-3)
         jpeg_least = min(lam * 255**2 * 10 ** (-p / 10) + b for b, p in jpeg)
         assert float(least) == pytest.approx(jpeg_least, rel=3e-3)  # JPEG's PSNRs printed to 0.01 dB
+    from scipy.interpolate import PchipInterpolator
+
+    jpeg_at = PchipInterpolator(np.log10([b for b, _ in jpeg]), [p for _, p in jpeg])
+    found = re.findall(r"q(\d) (n/a|[+-]\d+\.\d{2})", differences)
+    assert differences.startswith("  mse PSNR − JPEG's at the same rate (dB): ")
+    assert [int(q) for q, _ in found] == list(range(1, 9))
+    for (bpp, psnr), (_, difference) in zip(levels, found):
+        inside = jpeg[0][0] <= float(bpp) <= jpeg[-1][0]
+        expected = float(psnr) - float(jpeg_at(np.log10(float(bpp)))) if inside else None
+        assert (difference == "n/a") if expected is None else float(difference) == pytest.approx(expected, abs=0.03)
+    # the tiny run's levels lie outside JPEG's rates, so set levels inside them against the same JPEG curve
+    spec = importlib.util.spec_from_file_location("validation_bdrate", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    curve = {"bpp": [b for b, _ in jpeg], "psnr": [p for _, p in jpeg]}
+    between = np.sqrt(jpeg[1][0] * jpeg[2][0])
+    rows = [{"metric": "mse", "quality": "1", "bpp": jpeg[0][0] / 2, "psnr": 40.0},
+            {"metric": "mse", "quality": "2", "bpp": jpeg[1][0], "psnr": jpeg[1][1] + 0.5},
+            {"metric": "mse", "quality": "3", "bpp": between, "psnr": float(jpeg_at(np.log10(between))) - 0.25}]
+    assert module.against_jpeg_text(curve, rows) == "q1 n/a q2 +0.50 q3 -0.25"
 
 
 def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_another(tmp_path, photos):
