@@ -80,24 +80,26 @@ def objective(lam: float, bpp, psnr) -> np.ndarray:
     return lam * 255**2 * 10 ** (-np.asarray(psnr, dtype=float) / 10) + np.asarray(bpp, dtype=float)
 
 
+def per_mse_level(rows: list[dict], figure) -> str:
+    """`figure(row)` of each mse level as one line's text: "q1 … q2 …"."""
+    return " ".join(f"q{row['quality']} {figure(row)}" for row in rows if row["metric"] == "mse")
+
+
 def objective_text(curve: dict, rows: list[dict]) -> str:
     """Each mse level's objective / the least JPEG's points reach at the level's λ, as one line's text."""
-    texts = []
-    for row in (r for r in rows if r["metric"] == "mse"):
+    def figure(row):
         lam = zoo.LAMBDAS["mse"][int(row["quality"]) - 1]
         jpeg_least = objective(lam, curve["bpp"], curve["psnr"]).min()
-        texts.append(f"q{row['quality']} {float(objective(lam, row['bpp'], row['psnr'])):.3f}/{jpeg_least:.3f}")
-    return " ".join(texts)
+        return f"{float(objective(lam, row['bpp'], row['psnr'])):.3f}/{jpeg_least:.3f}"
+    return per_mse_level(rows, figure)
 
 
 def against_jpeg_text(curve: dict, rows: list[dict]) -> str:
     """Each mse level's PSNR minus JPEG's at the level's rate (dB), as one line's text."""
-    texts = []
-    for row in (r for r in rows if r["metric"] == "mse"):
+    def figure(row):
         jpeg = quality_at_rate(curve["bpp"], curve["psnr"], float(row["bpp"]))
-        difference = "n/a" if jpeg is None else f"{float(row['psnr']) - jpeg:+.2f}"
-        texts.append(f"q{row['quality']} {difference}")
-    return " ".join(texts)
+        return "n/a" if jpeg is None else f"{float(row['psnr']) - jpeg:+.2f}"
+    return per_mse_level(rows, figure)
 
 
 def report(label: str, curve: dict, rows: list[dict]) -> str:
