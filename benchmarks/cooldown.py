@@ -28,13 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MEASURED_LEVELS = (zoo.level_index(1, "mse"), zoo.level_index(4, "mse"), zoo.level_index(8, "mse"))
 
 
-def quality_weighted_level(trainer: training.Trainer) -> int:
-    levels, config = trainer.config.levels, trainer.config
-    weights = np.array([(zoo.level_configuration(l)[0]) * (config.mse_share if l < 8 else 1 - config.mse_share)
-                        for l in levels])
-    return int(levels[trainer.generator.choice(len(levels), p=weights / weights.sum())])
-
-
 @torch.no_grad()
 def unquantized_psnr(model, level: int, images: list[np.ndarray]) -> float:
     values = []
@@ -73,14 +66,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "cooldown.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if args.quality_weighted:
-        training.Trainer.choose_level = quality_weighted_level
     images = training.kodak_images(str(args.kodak), 8)
     source = Path(tempfile.mkdtemp()) / "source"  # a snapshot: the run may go on training meanwhile
     source.mkdir()
     shutil.copy(args.run_dir / "checkpoint.pt", source / "checkpoint.pt")
     checkpoint = training.load_checkpoint_model(source)
     recipe = checkpoint[1]["config"]
+    if args.quality_weighted:
+        recipe = {**recipe, "level_weights": [zoo.level_configuration(level)[0] for level in recipe["levels"]]}
     rows = []
     for steps in args.steps:
         folder = branch(source, recipe, steps, source.parent / f"cooldown-{steps}") if steps else None

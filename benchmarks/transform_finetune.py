@@ -247,7 +247,7 @@ def main() -> None:
     measured = [level_of(name) for name in args.measure.split(",")]
     history = {0: measure_levels(model.eval(), measured, images, retabulate=args.revive)}
     report(0, history[0])
-    shares = level_shares(config.levels, config.mse_share)
+    shares = level_shares(config.levels, config.mse_share, config.level_weights)
     loss_mean, started = {}, time.perf_counter()
     for step in range(1, args.steps + 1):
         level = int(config.levels[generator.choice(len(config.levels), p=shares)])

@@ -37,6 +37,7 @@ class TrainingConfig:
     m: int = 192
     levels: tuple[int, ...] = tuple(range(16))  # the levels trained, see zoo.level_index
     mse_share: float = 0.6  # fraction of steps spent on the mse levels; the rest on ms-ssim
+    level_weights: tuple[float, ...] | None = None  # each of `levels`' steps in proportion to its weight; None: alike
     crop: int = 128
     batch: int = 8
     min_scale: float = 0.5  # random downscaling hides the JPEG blocks of the training photos
@@ -66,8 +67,14 @@ class TrainingConfig:
             raise ValueError(f"levels must be indexes 0-{count - 1} (0-7 mse q1-8, 8-15 ms-ssim), not {self.levels}")
         if not 0 <= self.mse_share <= 1:
             raise ValueError(f"mse_share is a fraction of the steps, between 0 and 1, not {self.mse_share}")
-        if not any(self.mse_share if level < 8 else 1 - self.mse_share for level in self.levels):
-            raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps")
+        weights = self.level_weights
+        if weights is not None and (len(weights) != len(self.levels) or not all(0 <= w < math.inf for w in weights)
+                                    or not any(weights)):
+            raise ValueError(f"level_weights must be {len(self.levels)} numbers of at least 0, not all 0, one for each "
+                             f"of the levels {self.levels}, not {weights}")
+        if not level_step_weights(self.levels, self.mse_share, weights).any():
+            raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps"
+                             + (f" with level_weights {weights}" if weights else ""))
         for name in ("checkpoint_every", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} is a number of steps, at least 1, not {getattr(self, name)}")
@@ -90,7 +97,9 @@ class TrainingConfig:
             state = torch.load(recorded, map_location="cpu", weights_only=False, mmap=True)  # our own run state
             known = {f.name for f in fields(cls)} - set(PLACES)  # a setting since removed is not passed on
             recipe = {k: v for k, v in state["config"].items() if k in known}
-            recipe["levels"] = tuple(recipe.get("levels", cls.levels))  # a list after a JSON round trip
+            for name in ("levels", "level_weights"):  # tuples: lists after a JSON round trip
+                value = recipe.get(name, getattr(cls, name))
+                recipe[name] = None if value is None else tuple(value)
         return cls(**{**recipe, **settings, "run_dir": str(run_dir)})
 
     def lr(self, step: int, start: int = 0) -> float:
@@ -356,7 +365,8 @@ class Trainer:
     # -- one step --------------------------------------------------------------------------------
     def choose_level(self) -> int:
         levels = self.config.levels
-        return int(levels[self.generator.choice(len(levels), p=level_shares(levels, self.config.mse_share))])
+        shares = level_shares(levels, self.config.mse_share, self.config.level_weights)
+        return int(levels[self.generator.choice(len(levels), p=shares)])
 
     def train_step(self, sampler: CropSampler) -> dict:
         config = self.config
@@ -434,10 +444,18 @@ def main_parameters(model: VariableRateFactorizedPrior) -> list[tuple[str, torch
     return [(name, p) for name, p in model.named_parameters() if not name.endswith("quantiles")]
 
 
-def level_shares(levels, mse_share: float) -> np.ndarray:
-    """How often each of `levels` is trained: the mse levels share `mse_share` of the steps, the ms-ssim levels the rest."""
-    weights = np.array([mse_share if level < 8 else 1 - mse_share for level in levels])
+def level_shares(levels, mse_share: float, level_weights=None) -> np.ndarray:
+    """How often each of `levels` is trained: the mse levels share `mse_share` of the steps, the ms-ssim levels the
+    rest (as many of each), each level's share times its own of `level_weights` (one for each of `levels`; None: 1)."""
+    weights = level_step_weights(levels, mse_share, level_weights)
     return weights / weights.sum()
+
+
+def level_step_weights(levels, mse_share: float, level_weights=None) -> np.ndarray:
+    # the metric's share times the level's own weight; with all weights 1 exactly the shares runs have always drawn
+    # from, so that runs from before `level_weights` resume exactly
+    own = np.ones(len(levels)) if level_weights is None else np.asarray(level_weights, dtype=float)
+    return np.array([mse_share if level < 8 else 1 - mse_share for level in levels]) * own
 
 
 def split_optimizer_state(state: dict, names: list[str]) -> dict:

@@ -274,6 +274,13 @@ def test_data_parallel_evaluation_is_the_evaluation_of_all_images(tmp_path, phot
     (["--checkpoint-every", "0"], "checkpoint_every is a number of steps, at least 1, not 0"),
     (["--eval-every", "-5"], "eval_every is a number of steps, at least 1, not -5"),
     (["--levels", "mse"], "--levels takes 'all' or comma-separated level indexes 0-15, not 'mse'"),
+    (["--level-weights", "1,2"], "level_weights must be 16 numbers of at least 0, not all 0, one for each of the levels"),
+    (["--levels", "0,1", "--level-weights=-1,2"], "level_weights must be 2 numbers of at least 0, not all 0, one "
+                                                     "for each of the levels (0, 1), not (-1.0, 2.0)"),
+    (["--levels", "0,1", "--level-weights", "0,nan"], "not (0.0, nan)"),
+    (["--levels", "0,8", "--level-weights", "0,1", "--mse-share", "1"],
+     "mse_share 1.0 gives none of the levels (0, 8) any steps with level_weights (0.0, 1.0)"),
+    (["--level-weights", "high"], "--level-weights takes comma-separated numbers, one per level, not 'high'"),
 ])
 def test_bad_training_settings_are_one_line(tmp_path, photos, arguments, message):
     result = subprocess.run([sys.executable, "-m", "caecodec.cli", "train", "--train-dir", str(photos), "--run-dir",
@@ -379,6 +386,25 @@ def test_the_mse_share_decides_which_metric_is_trained(tmp_path, photos):
                                  str(tmp_path / "other"), "--steps", "1", *TINY, "--levels", "0,1", "--mse-share",
                                  str(share)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert result.returncode == 2 and problem in result.stderr
+
+
+def test_level_weights_decide_which_levels_are_trained_and_are_kept_until_the_levels_change(tmp_path, photos):
+    run = tmp_path / "run"
+
+    def resume(steps, *arguments):
+        caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", steps, *TINY, *arguments, cwd=tmp_path)
+        with (run / "steps.csv").open() as handle:
+            return [int(row["level"]) for row in csv.DictReader(handle)][-steps:]
+
+    assert resume(4, "--levels", "0,1,8", "--level-weights", "0,1,0") == [1] * 4
+    assert resume(3) == [1] * 3  # the run's weights, not repeated
+    assert resume(3, "--level-weights", "1,0,0") == [0] * 3
+    resume(1, "--levels", "0,1,8")  # new levels are trained alike
+    assert torch.load(run / "checkpoint.pt", weights_only=False)["config"]["level_weights"] is None
+    with (run / "events.csv").open() as handle:
+        assert [row["event"] for row in csv.DictReader(handle)] == [
+            "resumed with changed settings {'level_weights': [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)]}",
+            "resumed with changed settings {'level_weights': [(1.0, 0.0, 0.0), None]}"]
 
 
 def test_resume_with_another_architecture_names_both(tmp_path, photos):

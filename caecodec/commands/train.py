@@ -36,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch", type=int, help="crops per step (default: the run's, else 8)")
     parser.add_argument("--levels", help="comma-separated level indexes (0-7 mse q1-8, 8-15 ms-ssim) or 'all' "
                                          "(default: the run's, else all)")
+    parser.add_argument("--level-weights", help="comma-separated relative weights, one per level of --levels, of how "
+                                                "often each is trained (default: the run's, else alike; --levels "
+                                                "without it: alike)")
     parser.add_argument("--mse-share", type=float, help="fraction of steps spent on the mse levels, the rest on "
                                                          "ms-ssim (default: the run's, else 0.6)")
     parser.add_argument("--precision", help="fp32, or bf16: the transforms under bfloat16 autocast, weights, densities "
@@ -109,10 +112,12 @@ def run(args) -> int:
              "eval_every": args.eval_every, "total_steps": args.total_steps, "precision": args.precision,
              "metric_encoders": args.metric_encoders or args.metric_decoders or args.high_rate_transforms,
              "metric_decoders": args.metric_decoders or args.high_rate_transforms,
-             "high_rate_transforms": args.high_rate_transforms}
+             "high_rate_transforms": args.high_rate_transforms, "level_weights": _level_weights(args.level_weights)}
+    settings = {name: value for name, value in given.items() if value is not None}
+    if args.levels is not None and args.level_weights is None:
+        settings["level_weights"] = None  # the run's weights were for its own levels
     config = TrainingConfig.of_run(args.run_dir, args.cooldown_from, train_dir=args.train_dir, kodak_dir=args.kodak_dir,
-                                   snapshot_dir=args.snapshots,
-                                   **{name: value for name, value in given.items() if value is not None})
+                                   snapshot_dir=args.snapshots, **settings)
     if config.precision == "bf16" and not native_bfloat16():  # a run keeps its precision when it moves machine
         print(f"caecodec train: warning: {args.run_dir} trains in bf16, which this CPU has no arithmetic for "
               "(no AVX512-BF16 or AMX): its transforms cost 22 times float32's here; --precision fp32 switches it",
@@ -124,14 +129,23 @@ def run(args) -> int:
 
 
 def _levels(text: str | None) -> tuple[int, ...] | None:
-    from ..cli import UsageError
     from ..training import TrainingConfig
+
+    if text == "all":
+        return TrainingConfig.levels
+    return _comma_separated(text, int, "--levels", "'all' or comma-separated level indexes 0-15")
+
+
+def _level_weights(text: str | None) -> tuple[float, ...] | None:
+    return _comma_separated(text, float, "--level-weights", "comma-separated numbers, one per level")
+
+
+def _comma_separated(text: str | None, kind, option: str, expected: str) -> tuple | None:
+    from ..cli import UsageError
 
     if text is None:
         return None
-    if text == "all":
-        return TrainingConfig.levels
     try:
-        return tuple(int(value) for value in text.split(","))
+        return tuple(kind(value) for value in text.split(","))
     except ValueError:
-        raise UsageError(f"--levels takes 'all' or comma-separated level indexes 0-15, not {text!r}") from None
+        raise UsageError(f"{option} takes {expected}, not {text!r}") from None
