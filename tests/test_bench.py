@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from caecodec.bdrate import bd_rate, ms_ssim_db, quality_at_rate
-from conftest import KODAK, ROOT, TINY_CHECKPOINT, require
+from conftest import KODAK, REFERENCE, ROOT, TINY_CHECKPOINT, require
 
 # Two RD curves (x265 presets) from the FAU-LMS `bjontegaard` package's examples; the expected values are
 # what its PCHIP implementation (version 1.3.0) returns for them.
@@ -249,3 +250,33 @@ def test_bad_input_is_one_line_and_exit_2(arguments, message, crops, tmp_path):
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
+
+
+# -- what the mse target asks (benchmarks/target_reach.py) ---------------------------------------------------
+def target_reach_lines() -> dict[str, tuple[float, list[str]]]:
+    """Each printed curve's name -> (BD-rate against JPEG, its eight margins over JPEG at their rates)."""
+    require(REFERENCE / "published-kodak")
+    out = subprocess.run([sys.executable, ROOT / "benchmarks" / "target_reach.py"], check=True, capture_output=True,
+                         text=True, cwd=ROOT, timeout=120).stdout
+    parsed = {}
+    for line in out.splitlines():
+        match = re.fullmatch(r"(.+): BD-rate ([-+\d.]+) %; q1\.\.q8 against JPEG at their rates \(dB\): (.+)", line)
+        if match:
+            parsed[match[1]] = (float(match[2]), match[3].split())
+    return parsed
+
+
+def test_target_reach_lowers_compressai_s_curve_and_grafts_it_on_the_card():
+    curves = target_reach_lines()
+    shifted = sorted((float(name.rpartition("- ")[2].split()[0]), curve) for name, curve in curves.items()
+                     if name.startswith("CompressAI's published curve"))
+    assert [shift for shift, _ in shifted] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.5]
+    bd_rates = [bd for _, (bd, _) in shifted]
+    assert bd_rates == sorted(bd_rates) and bd_rates[0] < -40  # lowering the curve costs rate, all the way
+    for shift, (_, margins) in shifted:
+        for level, (margin, unshifted) in enumerate(zip(margins, shifted[0][1][1])):
+            if margin != "n/a":
+                assert float(margin) == pytest.approx(float(unshifted) - shift, abs=0.011), (shift, level)
+    ours, graft = curves["version 21"], curves["version 21's q1-q5, CompressAI's q6-q8"]
+    assert graft[1] == ours[1][:5] + shifted[0][1][1][5:]
+    assert ours[0] < graft[0] < 0  # CompressAI's own q6-q8 lift the top, yet cost the average its low-rate savings
