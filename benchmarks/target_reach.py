@@ -35,23 +35,23 @@ def card_curve(manifest: Path, version: str) -> dict[str, list[float]]:
     return {key: [point[key] for point in points] for key in ("bpp", "psnr")}
 
 
+def margins(reference: dict, curve: dict) -> list[float | None]:
+    """Each of the curve's points' PSNR minus the reference's at the point's rate (None outside the reference's rates)."""
+    at_rates = [quality_at_rate(reference["bpp"], reference["psnr"], rate) for rate in curve["bpp"]]
+    return [None if there is None else psnr - there for psnr, there in zip(curve["psnr"], at_rates)]
+
+
 def against_jpeg(jpeg: dict, curve: dict) -> str:
-    """BD-rate against JPEG and each point's PSNR minus JPEG's at its rate (n/a outside JPEG's rates)."""
+    """BD-rate against JPEG and each point's PSNR minus JPEG's at its rate."""
     bd = bd_rate(jpeg["bpp"], jpeg["psnr"], curve["bpp"], curve["psnr"])
-    margins = []
-    for rate, psnr in zip(curve["bpp"], curve["psnr"]):
-        jpeg_psnr = quality_at_rate(jpeg["bpp"], jpeg["psnr"], rate)
-        margins.append("n/a" if jpeg_psnr is None else f"{psnr - jpeg_psnr:+.2f}")
-    return f"BD-rate {bd:+.2f} %; q1..q8 against JPEG at their rates (dB): {' '.join(margins)}"
+    texts = ["n/a" if margin is None else f"{margin:+.2f}" for margin in margins(jpeg, curve)]
+    return f"BD-rate {bd:+.2f} %; q1..q8 against JPEG at their rates (dB): {' '.join(texts)}"
 
 
 def behind(reference: dict, curve: dict) -> str:
     """The curve's PSNR minus the reference's at each of the reference's rates (n/a outside the curve's rates)."""
-    margins = []
-    for rate, psnr in zip(reference["bpp"], reference["psnr"]):
-        ours = quality_at_rate(curve["bpp"], curve["psnr"], rate)
-        margins.append("n/a" if ours is None else f"{ours - psnr:+.2f} at {rate:.3f} bpp")
-    return ", ".join(margins)
+    return ", ".join("n/a" if margin is None else f"{-margin:+.2f} at {rate:.3f} bpp"
+                     for margin, rate in zip(margins(curve, reference), reference["bpp"]))
 
 
 def main() -> None:
@@ -71,8 +71,8 @@ def main() -> None:
     for shift in SHIFTS_DB:
         lowered = {"bpp": published["bpp"], "psnr": [psnr - shift for psnr in published["psnr"]]}
         print(f"CompressAI's published curve - {shift:.2f} dB: {against_jpeg(jpeg, lowered)}")
-    graft = {key: ours[key][:5] + published[key][5:] for key in ("bpp", "psnr")}
     print(f"version {args.version} against CompressAI's published curve at its rates (dB): {behind(published, ours)}")
+    graft = {key: ours[key][:5] + published[key][5:] for key in ("bpp", "psnr")}
     print(f"version {args.version}'s q1-q5, CompressAI's q6-q8: {against_jpeg(jpeg, graft)}")
 
 

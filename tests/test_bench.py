@@ -251,7 +251,6 @@ def test_bad_input_is_one_line_and_exit_2(arguments, message, crops, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
 
 
-
 # -- what the mse target asks (benchmarks/target_reach.py) ---------------------------------------------------
 def target_reach_lines() -> dict[str, tuple[float, list[str]]]:
     """Each printed curve's name -> (BD-rate against JPEG, its eight margins over JPEG at their rates)."""
