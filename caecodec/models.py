@@ -48,7 +48,9 @@ class FactorizedPrior(nn.Module):
 # Transforms of some levels' own, in the order they are registered, each with the shared transform it splits from:
 # the ms-ssim levels' (levels 8-15), then the high mse levels' (HIGH_RATE_LEVELS).
 OWN_TRANSFORMS = {"g_a_ms_ssim.": "g_a.", "g_s_ms_ssim.": "g_s.", "g_a_mse_high.": "g_a.", "g_s_mse_high.": "g_s."}
-HIGH_RATE_LEVELS = range(5, 8)  # mse q6-q8: the levels the shared mse transforms serve worst (docs/training.md)
+# The mse levels the high-rate transforms serve unless a run chooses others: q6-q8, the levels the shared mse transforms
+# serve worst (docs/training.md). Weights written before the choice existed served these.
+HIGH_RATE_LEVELS = (5, 6, 7)
 
 
 def holds_metric_encoders(state: dict) -> bool:
@@ -78,22 +80,29 @@ def with_own_transforms(state: dict, names) -> dict:
     return state | {name: state[shared_name(name)].clone() for name in names if name not in state and shared_name(name)}
 
 
+def high_rate_levels_of(state: dict) -> tuple[int, ...]:
+    """The mse levels a state dict's (or bundle's) high-rate transforms serve."""
+    return tuple(state["high_rate_levels"].tolist()) if "high_rate_levels" in state else HIGH_RATE_LEVELS
+
+
 def variable_rate_like(state: dict, n: int, m: int) -> VariableRateFactorizedPrior:
     """A network of the shape of `state` (its levels and own transforms), to load it into."""
     return VariableRateFactorizedPrior(n, m, [1.0] * state["log_gain"].shape[0], holds_metric_encoders(state),
-                                       holds_metric_decoders(state), holds_high_rate_transforms(state))
+                                       holds_metric_decoders(state), holds_high_rate_transforms(state),
+                                       high_rate_levels_of(state))
 
 
 class VariableRateFactorizedPrior(nn.Module):
     """With `metric_encoders`, the ms-ssim levels (the second half) have an analysis transform of their own,
     `g_a_ms_ssim`; with `metric_decoders` also a synthesis transform, `g_s_ms_ssim`; with `high_rate_transforms`
-    the mse levels of HIGH_RATE_LEVELS have an analysis and a synthesis transform of their own, `g_a_mse_high` and
-    `g_s_mse_high`. They are registered last, in OWN_TRANSFORMS' order, so that a network split from one with
+    the mse levels of `high_rate_levels` have an analysis and a synthesis transform of their own, `g_a_mse_high` and
+    `g_s_mse_high`, and the levels are a buffer of the state (so a bundle routes them). They are registered last, in OWN_TRANSFORMS' order, so that a network split from one with
     fewer transforms keeps the order, and the optimizer state, of every parameter it had; for that order each
     needs the ones before it."""
 
     def __init__(self, n: int = 128, m: int = 192, initial_gains: list[float] = (1.0,), metric_encoders: bool = False,
-                 metric_decoders: bool = False, high_rate_transforms: bool = False):
+                 metric_decoders: bool = False, high_rate_transforms: bool = False,
+                 high_rate_levels: tuple[int, ...] = HIGH_RATE_LEVELS):
         super().__init__()
         self.n, self.m = n, m
         self.g_a = analysis_transform(n, m)
@@ -113,8 +122,14 @@ class VariableRateFactorizedPrior(nn.Module):
         if metric_decoders:
             self.g_s_ms_ssim = synthesis_transform(n, m)
         if high_rate_transforms:
+            mse_levels = range(len(initial_gains) // 2)
+            if not high_rate_levels or len(set(high_rate_levels)) != len(high_rate_levels) or not all(
+                    level in mse_levels for level in high_rate_levels):
+                raise ValueError(f"the high-rate transforms serve distinct mse levels, {mse_levels.start}-"
+                                 f"{mse_levels.stop - 1}, not {tuple(high_rate_levels)}")
             self.g_a_mse_high = analysis_transform(n, m)
             self.g_s_mse_high = synthesis_transform(n, m)
+            self.register_buffer("high_rate_levels", torch.tensor(sorted(high_rate_levels)))
 
     @property
     def levels(self) -> int:
@@ -136,7 +151,13 @@ class VariableRateFactorizedPrior(nn.Module):
         return level >= self.levels // 2
 
     def is_high_rate(self, level: int) -> bool:
-        return self.high_rate_transforms and level in HIGH_RATE_LEVELS
+        return self.high_rate_transforms and level in self.high_rate_levels.tolist()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # a state written before the levels were a buffer served HIGH_RATE_LEVELS
+        if self.high_rate_transforms and f"{prefix}g_a_mse_high.0.weight" in state_dict:
+            state_dict.setdefault(f"{prefix}high_rate_levels", torch.tensor(HIGH_RATE_LEVELS))
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def analysis(self, level: int) -> nn.Module:
         """The analysis transform of `level`: the ms-ssim levels' own, with metric encoders; the high mse levels'

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from . import zoo
 from .entropy_models import EntropyBottleneck
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import VariableRateFactorizedPrior, shared_name, variable_rate_like, with_own_transforms
+from .models import HIGH_RATE_LEVELS, VariableRateFactorizedPrior, shared_name, variable_rate_like, with_own_transforms
 from .parallel import Replicas
 
 
@@ -59,7 +59,8 @@ class TrainingConfig:
     precision: str = "fp32"  # "bf16": the transforms under bfloat16 autocast (docs/training.md, "Mixed precision")
     metric_encoders: bool = False  # an analysis transform per metric (docs/training.md, "Sharing the analysis transform")
     metric_decoders: bool = False  # and a synthesis transform per metric (docs/training.md, "Sharing the synthesis")
-    high_rate_transforms: bool = False  # and transforms of mse q6-q8's own (docs/training.md, "The high mse levels")
+    high_rate_transforms: bool = False  # and transforms of high mse levels' own (docs/training.md, "The high mse levels")
+    high_rate_levels: tuple[int, ...] = HIGH_RATE_LEVELS  # the levels they serve (docs/training.md, session 44)
 
     def __post_init__(self):
         count = len(zoo.METRICS) * len(zoo.QUALITIES)
@@ -72,6 +73,11 @@ class TrainingConfig:
                                     or not any(weights)):
             raise ValueError(f"level_weights must be {len(self.levels)} numbers of at least 0, not all 0, one for each "
                              f"of the levels {self.levels}, not {weights}")
+        mse_levels = range(len(zoo.QUALITIES))
+        if not self.high_rate_levels or len(set(self.high_rate_levels)) != len(self.high_rate_levels) or not all(
+                level in mse_levels for level in self.high_rate_levels):
+            raise ValueError(f"high_rate_levels must be distinct mse level indexes 0-{mse_levels.stop - 1}, "
+                             f"not {self.high_rate_levels}")
         if not level_step_weights(self.levels, self.mse_share, weights).any():
             raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps"
                              + (f" with level_weights {weights}" if weights else ""))
@@ -97,7 +103,7 @@ class TrainingConfig:
             state = torch.load(recorded, map_location="cpu", weights_only=False, mmap=True)  # our own run state
             known = {f.name for f in fields(cls)} - set(PLACES)  # a setting since removed is not passed on
             recipe = {k: v for k, v in state["config"].items() if k in known}
-            for name in ("levels", "level_weights"):  # tuples: lists after a JSON round trip
+            for name in ("levels", "level_weights", "high_rate_levels"):  # tuples: lists after a JSON round trip
                 value = recipe.get(name, getattr(cls, name))
                 recipe[name] = None if value is None else tuple(value)
         return cls(**{**recipe, **settings, "run_dir": str(run_dir)})
@@ -209,7 +215,7 @@ class Trainer:
         all_levels = range(len(zoo.METRICS) * len(zoo.QUALITIES))
         self.model = VariableRateFactorizedPrior(self.config.n, self.config.m, initial_gains(all_levels),
                                                  self.config.metric_encoders, self.config.metric_decoders,
-                                                 self.config.high_rate_transforms)
+                                                 self.config.high_rate_transforms, self.config.high_rate_levels)
         self._make_optimizers()
 
     def _make_optimizers(self) -> None:
@@ -282,8 +288,8 @@ class Trainer:
         if extra := sorted({k.split(".")[0] for k in state["model"].keys() - names if shared_name(k)}):
             raise ValueError(f"{path} holds {' and '.join(extra)}, transforms of some levels' own, which this run "
                              "was not given: a run cannot merge them again")
-        split = bool(names - state["model"].keys())
-        self.model.load_state_dict(with_own_transforms(state["model"], names))
+        split = bool(names - state["model"].keys() - {"high_rate_levels"})
+        self.model.load_state_dict(with_own_transforms(state["model"], names) | self.routing())
         self.optimizer.load_state_dict(split_optimizer_state(state["optimizer"], self.main_names) if split else state["optimizer"])
         self.aux_optimizer.load_state_dict(state["aux_optimizer"])
         self.step, self.loss_mean, self.skipped = state["step"], state["loss_mean"], state["skipped"]
@@ -293,6 +299,10 @@ class Trainer:
         # a setting added since the checkpoint was written had its default then
         self.resumed_recipe = {**defaults(TrainingConfig), **state["config"]}
         return True
+
+    def routing(self) -> dict:
+        """The model's high-rate levels: the run's setting, which a checkpoint loaded into it does not override."""
+        return {"high_rate_levels": self.model.high_rate_levels} if self.model.high_rate_transforms else {}
 
     def recipe_changes(self) -> dict:
         """The settings this run continues with that differ from its checkpoint's: {name: [was, now]}."""
@@ -335,13 +345,16 @@ class Trainer:
     def start_from(self, bundled, step: int) -> None:
         """Initialise from an exported variable-rate network trained for `step` steps, with a fresh optimizer."""
         kept = {k: getattr(self.config, k) or getattr(bundled, k) for k in OWN_TRANSFORM_SETTINGS}
+        if bundled.high_rate_transforms and not self.config.high_rate_transforms:  # and the levels they serve
+            kept["high_rate_levels"] = tuple(bundled.high_rate_levels.tolist())
         if kept != {k: getattr(self.config, k) for k in kept}:  # the bundle's transforms per metric are kept
             self.config = replace(self.config, **kept)
             self._make_model()
         # the tables are rebuilt at export from the trained densities
         state = {k: v for k, v in bundled.state_dict().items() if not k.endswith(EntropyBottleneck.TABLES)}
         # a run asking for more transforms per metric than the bundle has starts each from the bundle's shared one
-        self.model.load_state_dict(with_own_transforms(state, self.model.state_dict().keys()), strict=False)
+        self.model.load_state_dict(with_own_transforms(state, self.model.state_dict().keys()) | self.routing(),
+                                   strict=False)
         self.step = self.warmup_start = step
 
     def branch_from(self, run_dir: str | Path, steps: int) -> None:
@@ -584,6 +597,14 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
+def quality_span(mse_levels) -> str:
+    """mse levels as the qualities they are: "q6-q8" for levels 5, 6, 7; "q2, q5" for 1, 4."""
+    qualities = [int(level) + 1 for level in mse_levels]
+    if qualities == list(range(qualities[0], qualities[-1] + 1)) and len(qualities) > 1:
+        return f"q{qualities[0]}-q{qualities[-1]}"
+    return ", ".join(f"q{quality}" for quality in qualities)
+
+
 def load_checkpoint_model(run_dir: str | Path) -> tuple[VariableRateFactorizedPrior, dict]:
     """The network of a training run's checkpoint, and the checkpoint (step, cooldown, ...)."""
     state = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -756,7 +777,8 @@ def export_bundle(run_dir: str | Path, version: int, provisional: bool, kodak_di
     card = {
         "file": path.name, "sha256": weights.sha256_file(path), "n": model.n, "m": model.m,
         "provisional": provisional, "steps": step, "architecture": "variable-rate factorized prior ("
-        + ("an analysis and a synthesis transform per metric and for mse q6-q8" if model.high_rate_transforms else
+        + (f"an analysis and a synthesis transform per metric and for mse {quality_span(model.high_rate_levels)}"
+           if model.high_rate_transforms else
            "an analysis and a synthesis transform per metric" if model.metric_decoders else
            "an analysis transform per metric, a shared synthesis" if model.metric_encoders else "shared transforms")
         + ", per-level channel gains and densities), transforms stored in fp16",

@@ -475,6 +475,39 @@ def test_a_run_splits_a_transform_per_metric_and_resumes_exactly(tmp_path, photo
     assert card["architecture"].startswith(f"variable-rate factorized prior ({architecture},")
 
 
+def test_a_run_chooses_the_levels_its_high_rate_transforms_serve(tmp_path, photos):
+    """A checkpoint written before the choice existed (no levels in its state or recipe) resumes serving q6-q8;
+    `--high-rate-levels` then moves q5 onto the high pair as a logged recipe change, and the bundle carries the
+    levels, so the decoder codes q5 with the high pair and q4 with the shared transforms. Levels that are not mse
+    levels are refused by name."""
+    run = tmp_path / "run"
+    common = ["train", "--train-dir", photos, "--run-dir", run, *TINY, "--levels", "3,4,6"]
+    caecodec(*common, "--steps", 2, "--high-rate-transforms", cwd=tmp_path)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert checkpoint["model"]["high_rate_levels"].tolist() == [5, 6, 7]
+    del checkpoint["model"]["high_rate_levels"], checkpoint["config"]["high_rate_levels"]
+    torch.save(checkpoint, run / "checkpoint.pt")
+    caecodec(*common, "--steps", 1, cwd=tmp_path)
+    assert model_state(run)["high_rate_levels"].tolist() == [5, 6, 7]
+    caecodec(*common, "--steps", 2, "--high-rate-levels", "4,5,6,7", cwd=tmp_path)
+    caecodec(*common, "--steps", 1, cwd=tmp_path)  # the run's own now
+    with (run / "events.csv").open() as handle:
+        assert [row["event"] for row in csv.DictReader(handle)] == [
+            "resumed with changed settings {'high_rate_levels': [(5, 6, 7), (4, 5, 6, 7)]}"]
+    _, card, tensors = export(run, 9, tmp_path)
+    assert tensors["high_rate_levels"].tolist() == [4, 5, 6, 7]
+    assert "and for mse q5-q8" in card["architecture"]
+    model = weights.variable_rate_from_tensors(tensors, 8, 8)
+    assert torch.equal(model.export(4).g_a[0].weight, model.g_a_mse_high[0].weight)
+    assert torch.equal(model.export(3).g_a[0].weight, model.g_a[0].weight)
+    assert not torch.equal(model.g_a[0].weight, model.g_a_mse_high[0].weight)
+    refused = subprocess.run([sys.executable, "-m", "caecodec.cli", *map(str, common), "--steps", "1",
+                              "--high-rate-levels", "7,9"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "caecodec train: error: high_rate_levels must be distinct mse level indexes 0-7, not (7, 9)"]
+
+
 def test_a_run_with_metric_encoders_cannot_merge_them(tmp_path, photos):
     run = tmp_path / "run"
     caecodec("train", "--train-dir", photos, "--run-dir", run, "--steps", 1, *TINY, "--metric-encoders", cwd=tmp_path)
@@ -630,7 +663,7 @@ def test_a_graft_takes_the_high_mse_levels_from_one_run_and_the_rest_from_anothe
     caecodec("train", *common, "--run-dir", base, "--steps", 2, cwd=tmp_path)
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "high_rate_graft.py"
     refused = subprocess.run([sys.executable, script, tmp_path / "graft", donor, base], capture_output=True, text=True)
-    assert refused.returncode != 0 and "the donor has no transforms of mse q6-q8's own" in refused.stderr
+    assert refused.returncode != 0 and "the donor has no transforms of high mse levels' own" in refused.stderr
     subprocess.run([sys.executable, script, tmp_path / "graft", base, donor], check=True, capture_output=True)
     _, card, tensors = export(tmp_path / "graft", 9, tmp_path, density_iterations=0, synthesis_steps=0)
     assert card["steps"] == 4 and card["recipe"]["graft"] == {"levels": [5, 6, 7], "step": 4, "averaged_steps": None}

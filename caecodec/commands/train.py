@@ -51,8 +51,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--metric-decoders", action="store_true", default=None,
                         help="and a synthesis transform per metric (split the same way; implies --metric-encoders)")
     parser.add_argument("--high-rate-transforms", action="store_true", default=None,
-                        help="and an analysis and a synthesis transform for mse q6-q8 (split from the mse ones; "
-                             "implies --metric-decoders)")
+                        help="and an analysis and a synthesis transform for the high mse levels (split from the mse "
+                             "ones; implies --metric-decoders)")
+    parser.add_argument("--high-rate-levels", help="comma-separated mse level indexes (0-7: q1-q8) that the high-rate "
+                                                   "transforms serve (default: the run's, else 5,6,7; implies "
+                                                   "--high-rate-transforms)")
     parser.add_argument("--cooldown-from", metavar="RUN_DIR",
                         help="start --run-dir as a branch of this run, its learning rate decaying to the final rate")
     parser.add_argument("--cooldown-steps", type=int, help="with --cooldown-from: length of the decay (default: --steps)")
@@ -107,12 +110,15 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.cooldown_from and not (Path(args.cooldown_from) / "checkpoint.pt").exists():
         raise UsageError(f"no checkpoint to branch from in {args.cooldown_from}")
+    high_rate_levels = _comma_separated(args.high_rate_levels, int, "--high-rate-levels",
+                                        "comma-separated mse level indexes 0-7")
+    high_rate = args.high_rate_transforms or (high_rate_levels is not None) or None
     given = {"n": args.n, "m": args.m, "crop": args.crop, "batch": args.batch, "levels": _levels(args.levels),
              "mse_share": args.mse_share, "checkpoint_every": args.checkpoint_every,
              "eval_every": args.eval_every, "total_steps": args.total_steps, "precision": args.precision,
-             "metric_encoders": args.metric_encoders or args.metric_decoders or args.high_rate_transforms,
-             "metric_decoders": args.metric_decoders or args.high_rate_transforms,
-             "high_rate_transforms": args.high_rate_transforms, "level_weights": _level_weights(args.level_weights)}
+             "metric_encoders": args.metric_encoders or args.metric_decoders or high_rate,
+             "metric_decoders": args.metric_decoders or high_rate, "high_rate_transforms": high_rate,
+             "high_rate_levels": high_rate_levels, "level_weights": _level_weights(args.level_weights)}
     settings = {name: value for name, value in given.items() if value is not None}
     if args.levels is not None and args.level_weights is None:
         settings["level_weights"] = None  # the run's weights were for its own levels
