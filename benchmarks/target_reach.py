@@ -9,8 +9,9 @@ version 21 reaches -38 % with a curve that stops at 31.8 dB, below JPEG from 0.8
 λ, a q8 that is above JPEG at its own rate sits near 1.8 bpp and 36 dB or more (docs/training.md, session 33),
 and the interval then includes the high rates, where JPEG is strong. This prints, for CompressAI's published
 curve (the same λ, 4-5 million steps of batches of 16-32 per quality), the BD-rate when every point is lowered by
-0.25-1.5 dB, and the BD-rate of version 21's q1-q5 with CompressAI's own q6-q8 above them: how close to that
-fully trained model a curve meeting both conditions has to be.
+0.25-1.5 dB, and the BD-rate of version 21's q1-qk with CompressAI's own levels above them, as published and
+lowered by 0.25 and 0.5 dB (k = 3, 4, 5): how close to that fully trained model a curve meeting both conditions has
+to be, and how many of version 21's levels it can keep.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from caecodec.bench import load_published, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIFTS_DB = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+GRAFT_SHIFTS_DB = (0.0, 0.25, 0.5)
+KEPT_LEVELS = (3, 4, 5)  # how many of version 21's lowest levels a graft keeps
 
 
 def card_curve(manifest: Path, version: str) -> dict[str, list[float]]:
@@ -54,6 +57,10 @@ def behind(reference: dict, curve: dict) -> str:
                      for margin, rate in zip(margins(curve, reference), reference["bpp"]))
 
 
+def lowered(curve: dict, shift: float) -> dict:
+    return {"bpp": curve["bpp"], "psnr": [psnr - shift for psnr in curve["psnr"]]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--averages", type=Path, default=ROOT / "docs" / "benchmarks" / "kodak" / "averages.csv",
@@ -69,11 +76,14 @@ def main() -> None:
     ours = card_curve(args.manifest, args.version)
     print(f"version {args.version}: {against_jpeg(jpeg, ours)}")
     for shift in SHIFTS_DB:
-        lowered = {"bpp": published["bpp"], "psnr": [psnr - shift for psnr in published["psnr"]]}
-        print(f"CompressAI's published curve - {shift:.2f} dB: {against_jpeg(jpeg, lowered)}")
+        print(f"CompressAI's published curve - {shift:.2f} dB: {against_jpeg(jpeg, lowered(published, shift))}")
     print(f"version {args.version} against CompressAI's published curve at its rates (dB): {behind(published, ours)}")
-    graft = {key: ours[key][:5] + published[key][5:] for key in ("bpp", "psnr")}
-    print(f"version {args.version}'s q1-q5, CompressAI's q6-q8: {against_jpeg(jpeg, graft)}")
+    for kept in KEPT_LEVELS:
+        for shift in GRAFT_SHIFTS_DB:
+            top = lowered(published, shift)
+            graft = {key: ours[key][:kept] + top[key][kept:] for key in ("bpp", "psnr")}
+            name = f"version {args.version}'s q1-q{kept}, CompressAI's q{kept + 1}-q8" + (f" - {shift:.2f} dB" if shift else "")
+            print(f"{name}: {against_jpeg(jpeg, graft)}")
 
 
 if __name__ == "__main__":

@@ -279,3 +279,10 @@ def test_target_reach_lowers_compressai_s_curve_and_grafts_it_on_the_card():
     ours, graft = curves["version 21"], curves["version 21's q1-q5, CompressAI's q6-q8"]
     assert graft[1] == ours[1][:5] + shifted[0][1][1][5:]
     assert ours[0] < graft[0] < 0  # CompressAI's own q6-q8 lift the top, yet cost the average its low-rate savings
+    for kept in (3, 4, 5):  # the fewer of version 21's levels kept and the less the top is lowered, the better
+        name = f"version 21's q1-q{kept}, CompressAI's q{kept + 1}-q8"
+        family = [curves[name], curves[f"{name} - 0.25 dB"], curves[f"{name} - 0.50 dB"]]
+        assert [bd for bd, _ in family] == sorted(bd for bd, _ in family)
+        for (_, margins), (_, lowered) in zip(family, shifted):
+            assert margins == ours[1][:kept] + lowered[1][kept:], kept
+    assert curves["version 21's q1-q3, CompressAI's q4-q8"][0] < curves["version 21's q1-q4, CompressAI's q5-q8"][0] < graft[0]
