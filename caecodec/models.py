@@ -80,6 +80,13 @@ def with_own_transforms(state: dict, names) -> dict:
     return state | {name: state[shared_name(name)].clone() for name in names if name not in state and shared_name(name)}
 
 
+def check_high_rate_levels(levels, mse_levels: range) -> None:
+    """Refuse high-rate levels that are not distinct levels of `mse_levels`, naming them."""
+    if not levels or len(set(levels)) != len(levels) or not all(level in mse_levels for level in levels):
+        raise ValueError(f"high_rate_levels must be distinct mse level indexes {mse_levels.start}-"
+                         f"{mse_levels.stop - 1}, not {tuple(levels)}")
+
+
 def high_rate_levels_of(state: dict) -> tuple[int, ...]:
     """The mse levels a state dict's (or bundle's) high-rate transforms serve."""
     return tuple(state["high_rate_levels"].tolist()) if "high_rate_levels" in state else HIGH_RATE_LEVELS
@@ -122,11 +129,7 @@ class VariableRateFactorizedPrior(nn.Module):
         if metric_decoders:
             self.g_s_ms_ssim = synthesis_transform(n, m)
         if high_rate_transforms:
-            mse_levels = range(len(initial_gains) // 2)
-            if not high_rate_levels or len(set(high_rate_levels)) != len(high_rate_levels) or not all(
-                    level in mse_levels for level in high_rate_levels):
-                raise ValueError(f"the high-rate transforms serve distinct mse levels, {mse_levels.start}-"
-                                 f"{mse_levels.stop - 1}, not {tuple(high_rate_levels)}")
+            check_high_rate_levels(high_rate_levels, range(len(initial_gains) // 2))
             self.g_a_mse_high = analysis_transform(n, m)
             self.g_s_mse_high = synthesis_transform(n, m)
             self.register_buffer("high_rate_levels", torch.tensor(sorted(high_rate_levels)))

@@ -23,7 +23,8 @@ from torch.nn import functional as F
 from . import zoo
 from .entropy_models import EntropyBottleneck
 from .evaluation import load_rgb, mean_measurement, mean_of, measure
-from .models import HIGH_RATE_LEVELS, VariableRateFactorizedPrior, shared_name, variable_rate_like, with_own_transforms
+from .models import (HIGH_RATE_LEVELS, VariableRateFactorizedPrior, check_high_rate_levels, shared_name, variable_rate_like,
+                     with_own_transforms)
 from .parallel import Replicas
 
 
@@ -73,11 +74,7 @@ class TrainingConfig:
                                     or not any(weights)):
             raise ValueError(f"level_weights must be {len(self.levels)} numbers of at least 0, not all 0, one for each "
                              f"of the levels {self.levels}, not {weights}")
-        mse_levels = range(len(zoo.QUALITIES))
-        if not self.high_rate_levels or len(set(self.high_rate_levels)) != len(self.high_rate_levels) or not all(
-                level in mse_levels for level in self.high_rate_levels):
-            raise ValueError(f"high_rate_levels must be distinct mse level indexes 0-{mse_levels.stop - 1}, "
-                             f"not {self.high_rate_levels}")
+        check_high_rate_levels(self.high_rate_levels, range(len(zoo.QUALITIES)))
         if not level_step_weights(self.levels, self.mse_share, weights).any():
             raise ValueError(f"mse_share {self.mse_share} gives none of the levels {self.levels} any steps"
                              + (f" with level_weights {weights}" if weights else ""))
