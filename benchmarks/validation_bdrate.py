@@ -2,6 +2,7 @@
 
     python3 benchmarks/validation_bdrate.py runs/main runs/cool        # prints one line per validation
     python3 benchmarks/validation_bdrate.py --checkpoint runs/avg8     # measures the run's checkpoint now
+    python3 benchmarks/validation_bdrate.py --checkpoint --metrics mse --refine 10 runs/high5   # refined as refine=10 encodes
 
 Training validates on 8 Kodak images (`kodak.csv`); this encodes the same 8 images with libjpeg-turbo at the
 benchmark's JPEG settings and gives, for each validated step, the BD-rate of the mse levels against JPEG on
@@ -15,7 +16,9 @@ quality", level by level.
 With `--checkpoint`, each run's `checkpoint.pt` is measured now, as the run's validation measures it (every
 level exported, real bitstreams): for the averages of `checkpoint_average.py`, which have no validations of
 their own, and for steps between validations; one core, about 2 minutes per metric and checkpoint, where an
-export with its 24-image model card takes 8.
+export with its 24-image model card takes 8. `--refine N` encodes as `ConvolutionalAutoencoder(refine=N)` does
+(each latent refined for its level's loss, docs/refinement.md), about 2N + 1 times the time; `--metrics mse`
+leaves the ms-ssim levels out.
 """
 
 from __future__ import annotations
@@ -50,10 +53,12 @@ def validations(run_dir: Path) -> dict[int, list[dict]]:
     return steps
 
 
-def measured_now(run_dir: Path, images: list[np.ndarray]) -> dict[int, list[dict]]:
-    """The run's checkpoint measured on `images` as its validation would: {step: rows like kodak.csv's}."""
+def measured_now(run_dir: Path, images: list[np.ndarray], metrics: list[str], refine: int) -> dict[int, list[dict]]:
+    """The run's checkpoint measured on `images` as its validation would, at the levels of `metrics`, each latent
+    refined for `refine` iterations: {step: rows like kodak.csv's}."""
     model, state = load_checkpoint_model(run_dir)
-    return {state["step"]: validation_rows(model, range(model.levels), images, state["step"])}
+    levels = [level for level in range(model.levels) if zoo.level_configuration(level)[1] in metrics]
+    return {state["step"]: validation_rows(model, levels, images, state["step"], refine=refine)}
 
 
 def curve_text(rows: list[dict], metric: str) -> str:
@@ -114,7 +119,17 @@ def main() -> None:
     parser.add_argument("run_dirs", type=Path, nargs="+")
     parser.add_argument("--kodak", type=Path, default=ROOT.parent / "shared" / "data" / "kodak")
     parser.add_argument("--checkpoint", action="store_true", help="measure each run's checkpoint.pt now")
+    parser.add_argument("--metrics", default="mse,ms-ssim", help="with --checkpoint: the levels to measure")
+    parser.add_argument("--refine", type=int, default=0,
+                        help="with --checkpoint: refine each latent for N iterations, as refine=N encodes")
     args = parser.parse_args()
+    metrics = args.metrics.split(",")
+    if not set(metrics) <= {"mse", "ms-ssim"}:
+        parser.error(f"--metrics must name mse and/or ms-ssim, not {args.metrics!r}")
+    if args.refine < 0:
+        parser.error(f"--refine takes a count of iterations, 0 or more, not {args.refine}")
+    if (args.refine or metrics != ["mse", "ms-ssim"]) and not args.checkpoint:
+        parser.error("--refine and --metrics measure a checkpoint now: they need --checkpoint")
     needed = "checkpoint.pt" if args.checkpoint else "kodak.csv"
     for run_dir in args.run_dirs:
         if not (run_dir / needed).is_file():
@@ -124,9 +139,10 @@ def main() -> None:
     print("JPEG on the validation images, bpp / PSNR:",
           ", ".join(f"{b:.3f} / {p:.2f}" for b, p in zip(curve["bpp"], curve["psnr"])))
     for run_dir in args.run_dirs:
-        steps = measured_now(run_dir, images) if args.checkpoint else validations(run_dir)
+        steps = measured_now(run_dir, images, metrics, args.refine) if args.checkpoint else validations(run_dir)
+        refined = f" refine={args.refine}" if args.refine else ""
         for step, rows in sorted(steps.items()):
-            print(report(f"{run_dir.name} step {step}", curve, rows), flush=True)
+            print(report(f"{run_dir.name} step {step}{refined}", curve, rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import coding
 from .compression import analyse, synthesise
+from .refinement import Refinement
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,11 @@ def channel_bits(symbols: np.ndarray, tables: coding.CdfTables) -> np.ndarray:
     return bits + np.asarray(escaped, dtype=np.float64)
 
 
-def measure(model, image: np.ndarray) -> Measurement:
-    """Encode one uint8 (H, W, 3) image to real ANS bytes, decode them, and compare."""
+def measure(model, image: np.ndarray, refinement: Refinement | None = None) -> Measurement:
+    """Encode one uint8 (H, W, 3) image to real ANS bytes (its latent refined when `refinement` asks for it),
+    decode them, and compare."""
     tables = model.entropy_bottleneck.cdf_tables()
-    symbols = analyse(model, image[None], tables)
+    symbols = analyse(model, image[None], tables, refinement=refinement)
     words, escapes = coding.encode(symbols, tables)
     decoded = coding.decode(words, escapes, symbols.shape, tables)
     reconstruction = synthesise(model, decoded, tables, *image.shape[:2])[0]

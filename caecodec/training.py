@@ -26,6 +26,7 @@ from .evaluation import load_rgb, mean_measurement, mean_of, measure
 from .models import (HIGH_RATE_LEVELS, VariableRateFactorizedPrior, check_high_rate_levels, shared_name, variable_rate_like,
                      with_own_transforms)
 from .parallel import Replicas
+from .refinement import Refinement
 
 
 @dataclass
@@ -434,15 +435,17 @@ class Trainer:
 
 
 def validation_rows(model: VariableRateFactorizedPrior, levels, images: list[np.ndarray], step: int,
-                    replicas: Replicas | None = None) -> list[dict]:
+                    replicas: Replicas | None = None, refine: int = 0) -> list[dict]:
     """The rows of `kodak.csv`: each of `levels` exported and measured on `images`, real bitstreams; with
-    `replicas`, a collective in which each replica measures its share of the images."""
+    `replicas`, a collective in which each replica measures its share of the images; with `refine`, each latent
+    refined for that many iterations as `ConvolutionalAutoencoder(refine=...)` refines it."""
     mine = images[replicas.rank :: replicas.world] if replicas else images
     rows = []
     for level in levels:
         quality, metric = zoo.level_configuration(level)
         exported = model.export(level)
-        measurements = [measure(exported, image) for image in mine]
+        refinement = Refinement(refine, quality, metric) if refine else None
+        measurements = [measure(exported, image, refinement) for image in mine]
         result = mean_of(sum(replicas.gather(measurements), []) if replicas else measurements).as_dict()
         rows.append({"step": step, "quality": quality, "metric": metric, "images": len(images), **result})
     return rows

@@ -100,3 +100,25 @@ def test_the_cli_compresses_with_refinement(sample_image, tmp_path):
     done = cli("compress", tmp_path / "crop.png", "-o", tmp_path / "bad.cae", "--refine", "-2")
     assert done.returncode == 2 and "refine is a number of refinement iterations" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validation_measures_refined_latents_as_the_codec_encodes_them(sample_image):
+    """validation_rows(refine=N), behind `validation_bdrate.py --checkpoint --refine N`: the bundled network's mse q5
+    measured with refined latents decodes as `ConvolutionalAutoencoder(refine=N)` does, at a lower loss for the level."""
+    from caecodec import weights
+    from caecodec.codec import thread_count_independent_convolutions
+    from caecodec.evaluation import psnr
+    from caecodec.training import validation_rows
+
+    image = np.ascontiguousarray(sample_image[40:210, 100:300])  # padded, and large enough for MS-SSIM's 5 scales
+    network = weights._variable_rate_model(weights.latest_version())
+    with thread_count_independent_convolutions():  # as the codec encodes
+        plain, refined = (validation_rows(network, [zoo.level_index(5, "mse")], [image], 0, refine=n)[0] for n in (0, 8))
+    codec = caecodec.ConvolutionalAutoencoder(5, "mse", refine=8)
+    assert refined["psnr"] == psnr(image, codec.decode(codec.encode(image)))
+    assert abs(refined["psnr"] - plain["psnr"]) > 0.01
+
+    def loss(row):
+        return zoo.LAMBDAS["mse"][4] * 255**2 * 10 ** (-row["psnr"] / 10) + row["bpp"]
+
+    assert loss(refined) < 0.995 * loss(plain), (loss(plain), loss(refined))

@@ -607,6 +607,15 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     logged, measured = lines(), lines("--checkpoint")
     assert len(logged) == len(measured) == 3 and logged[0].startswith("run step 2: BD-rate vs JPEG")
     assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
+    def mse_part(line):  # the mse BD-rate and the mse levels' points
+        return re.search(r"mse (\S+ %|n/a)", line).group(1), line.split("bpp/PSNR")[1].split("; bpp/MS-SSIM")[0]
+
+    mse_only = lines("--checkpoint", "--metrics", "mse")[0]
+    assert mse_part(mse_only) == mse_part(logged[0]) and "ms-ssim n/a" in mse_only
+    assert len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", mse_only)) == 8
+    for options, error in ((["--refine", "2"], "they need --checkpoint"), (["--checkpoint", "--refine", "-3"], "not -3")):
+        refused = subprocess.run([sys.executable, script, run, *options], capture_output=True, text=True)
+        assert refused.returncode == 2 and error in refused.stderr
 
 
 def test_each_mse_level_is_set_beside_jpeg_by_its_objective_and_at_its_rate(tmp_path, photos):
