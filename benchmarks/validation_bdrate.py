@@ -128,7 +128,7 @@ def main() -> None:
         parser.error(f"--metrics must name mse and/or ms-ssim, not {args.metrics!r}")
     if args.refine < 0:
         parser.error(f"--refine takes a count of iterations, 0 or more, not {args.refine}")
-    if (args.refine or metrics != ["mse", "ms-ssim"]) and not args.checkpoint:
+    if (args.refine or set(metrics) != {"mse", "ms-ssim"}) and not args.checkpoint:
         parser.error("--refine and --metrics measure a checkpoint now: they need --checkpoint")
     needed = "checkpoint.pt" if args.checkpoint else "kodak.csv"
     for run_dir in args.run_dirs:

@@ -605,6 +605,7 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     missing = subprocess.run([sys.executable, script, tmp_path, "--checkpoint"], capture_output=True, text=True)
     assert missing.returncode == 2 and f"{tmp_path} has no checkpoint.pt to measure" in missing.stderr
     logged, measured = lines(), lines("--checkpoint")
+    assert lines("--metrics", "ms-ssim,mse") == logged  # both metrics, in any order, need no checkpoint
     assert len(logged) == len(measured) == 3 and logged[0].startswith("run step 2: BD-rate vs JPEG")
     assert measured == logged and len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", logged[0])) == 16  # every level
     def mse_part(line):  # the mse BD-rate and the mse levels' points
@@ -613,7 +614,8 @@ def test_a_checkpoint_measured_now_gives_the_run_s_own_validation(tmp_path, phot
     mse_only = lines("--checkpoint", "--metrics", "mse")[0]
     assert mse_part(mse_only) == mse_part(logged[0]) and "ms-ssim n/a" in mse_only
     assert len(re.findall(r" \d+\.\d{4}/\d+\.\d{4}", mse_only)) == 8
-    for options, error in ((["--refine", "2"], "they need --checkpoint"), (["--checkpoint", "--refine", "-3"], "not -3")):
+    for options, error in ((["--refine", "2"], "they need --checkpoint"), (["--metrics", "mse"], "they need --checkpoint"),
+                           (["--checkpoint", "--refine", "-3"], "not -3")):
         refused = subprocess.run([sys.executable, script, run, *options], capture_output=True, text=True)
         assert refused.returncode == 2 and error in refused.stderr
 
