@@ -36,11 +36,14 @@ def _log_rates(rates) -> np.ndarray:
     return np.log10(rates)
 
 
-def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float | None:
+def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality,
+            interval: tuple[float, float] | None = None) -> float | None:
     """Bjøntegaard delta rate of the test curve against the anchor, in percent.
 
-    None when a curve has fewer than two distinct quality values or the curves' quality ranges do not
-    overlap (no extrapolation).
+    The average runs over the quality interval both curves cover, or over `interval` (low, high) within it: a
+    curve that reaches higher covers more of the anchor's curve, so curves of different reach are compared over
+    one interval. None when a curve has fewer than two distinct quality values or the curves' quality ranges do
+    not overlap (no extrapolation).
     """
     anchor = _interpolator(anchor_quality, _log_rates(anchor_rates))
     test = _interpolator(test_quality, _log_rates(test_rates))
@@ -50,6 +53,11 @@ def bd_rate(anchor_rates, anchor_quality, test_rates, test_quality) -> float | N
     high = min(anchor.x[-1], test.x[-1])
     if not high > low:
         return None
+    if interval is not None:
+        if not low <= interval[0] < interval[1] <= high:
+            raise ValueError(f"the interval {interval[0]:g}-{interval[1]:g} must lie within the curves' overlap, "
+                             f"{low:g}-{high:g}")
+        low, high = interval
     mean_difference = (test.integrate(low, high) - anchor.integrate(low, high)) / (high - low)
     return float((10**mean_difference - 1) * 100)
 

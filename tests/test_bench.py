@@ -57,6 +57,21 @@ def test_bd_rate_integrates_over_the_overlap_only():
     assert bd_rate(rates, psnr, test_rates, shifted) == pytest.approx((10**-0.1 - 1) * 100, abs=1e-9)
 
 
+def test_bd_rate_over_an_interval_averages_that_interval_only():
+    # the anchor's log10(rate) is psnr / 10; the test curve needs 10**-0.1 of its rate up to 33 dB and 10**-0.3
+    # from 34 dB: over 30-32 and 35-36 dB (away from the step, which PCHIP rounds off) exactly those savings
+    psnr = np.array([30.0, 31.0, 32.0, 33.0, 34.0, 35.0, 36.0])
+    rates = 10 ** (psnr / 10)
+    test_rates = rates * 10 ** np.where(psnr <= 33, -0.1, -0.3)
+    assert bd_rate(rates, psnr, test_rates, psnr, interval=(30, 32)) == pytest.approx((10**-0.1 - 1) * 100, abs=1e-9)
+    assert bd_rate(rates, psnr, test_rates, psnr, interval=(35, 36)) == pytest.approx((10**-0.3 - 1) * 100, abs=1e-9)
+    assert bd_rate(rates, psnr, test_rates, psnr, interval=(30, 36)) == bd_rate(rates, psnr, test_rates, psnr)
+    with pytest.raises(ValueError, match="the interval 29-33 must lie within the curves' overlap, 30-36"):
+        bd_rate(rates, psnr, test_rates, psnr, interval=(29, 33))
+    with pytest.raises(ValueError, match="the interval 33-31 must lie"):
+        bd_rate(rates, psnr, test_rates, psnr, interval=(33, 31))
+
+
 def test_bd_rate_is_none_without_overlap_or_points():
     assert bd_rate([1, 2], [30, 32], [1, 2], [40, 42]) is None
     assert bd_rate([1, 2], [30, 32], [1], [31]) is None
