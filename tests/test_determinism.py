@@ -26,9 +26,20 @@ def dropped_versions() -> set[str]:
     return set(weights.manifest().get("dropped", {}))
 
 
+def retabled_versions() -> dict[str, str]:
+    """Bundled versions that are another version's network with exact tables (`caecodec train --retable`), each
+    with its source."""
+    from caecodec import weights
+
+    return {version: str(card["retabled_from"]) for version, card in weights.manifest()["versions"].items()
+            if "retabled_from" in card}
+
+
 DROPPED = dropped_versions()
 FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] not in DROPPED)
 DROPPED_FIXTURE_CONFIGS = sorted(p for p in FIXTURES.glob("*/*.json") if p.parent.name[1:] in DROPPED)
+RETABLED_FIXTURE_CONFIGS = [(version, path) for version, source in retabled_versions().items()
+                            for path in sorted(FIXTURES.glob(f"v{source}/*.json"))]
 
 
 def load_fixture_maker():
@@ -84,6 +95,20 @@ def test_chunk_of_a_dropped_version_fails_naming_that_version(config_path):
         with pytest.raises(ChunkError, match=f"chunk needs bundled weights version {version}, which this "
                                                f"installation lacks .*: version {version} was provisional"):
             read(chunk)
+
+
+@pytest.mark.parametrize("version, config_path", RETABLED_FIXTURE_CONFIGS,
+                         ids=lambda p: f"{p.parent.name}/{p.stem}" if hasattr(p, "stem") else f"v{p}")
+def test_a_retabled_version_codes_its_sources_fixtures_to_the_same_symbols_and_pixels(version, config_path):
+    """Only the tables differ: the symbols are the source version's, the chunk no larger."""
+    stem = config_path.parent / config_path.stem
+    config = json.loads(config_path.read_text()) | {"weights_version": int(version)}
+    codec = make_fixtures.codec_for(config)
+    chunk = codec.encode(np.load(f"{stem}.source.npy"))
+    _, symbols, _ = codec.decode_symbols(chunk)
+    np.testing.assert_array_equal(symbols, np.load(f"{stem}.symbols.npy"))
+    assert np.abs(codec.decode(chunk).astype(int) - np.load(f"{stem}.pixels.npy")).max() <= 1
+    assert len(chunk) <= len(stem.with_suffix(".cae").read_bytes())
 
 
 def test_bundle_is_within_40_mb():

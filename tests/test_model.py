@@ -145,6 +145,42 @@ def test_a_bin_centred_on_a_symmetric_density_keeps_its_mass():
     assert widths.argmax() == -tables.offset[0], f"the median's symbol has {widths} of the table"
 
 
+def test_placed_quantiles_are_where_the_aux_loss_wants_them_however_far_off_they_start():
+    """Bisection puts a trained density's tails where its cumulative's logits reach -target and +target, from its
+    own quantiles or from tails ten times as wide (where Adam left version 22's), and keeps the medians unless
+    asked; with them, the median is where the logits reach 0."""
+    import copy
+
+    from caecodec import weights
+
+    trained = weights._variable_rate_model(weights.latest_version()).entropy_bottlenecks[7]  # mse q8
+    placed, widened = copy.deepcopy(trained), copy.deepcopy(trained)
+    with torch.no_grad():
+        medians = trained.quantiles[:, :, 1:2]
+        widened.quantiles.copy_(medians + 10 * (trained.quantiles - medians))
+    for density in (placed, widened):
+        density.place_quantiles(medians=False)
+        assert torch.equal(density.medians, trained.medians)
+        logits = density._logits_cumulative(density.quantiles, stop_gradient=True)[:, 0, :]
+        torch.testing.assert_close(logits[:, [0, 2]], density.target[[0, 2]].expand(len(logits), 2), atol=1e-3,
+                                   rtol=0)
+    torch.testing.assert_close(widened.quantiles, placed.quantiles, atol=1e-4, rtol=0)
+    assert float(widened.loss().detach()) < 0.1
+    widened.place_quantiles()
+    logits = widened._logits_cumulative(widened.quantiles.detach(), stop_gradient=True)[:, 0, 1]
+    assert float(logits.abs().max()) < 1e-3 and float((widened.medians - trained.medians).abs().max()) < 1e-3
+
+
+def test_a_density_whose_cumulative_never_reaches_its_tail_is_named():
+    from caecodec.entropy_models import EntropyBottleneck
+
+    density = EntropyBottleneck(2)
+    with torch.no_grad():
+        density.matrices[0][1].fill_(-200.0)  # softplus(-200) ~ 1e-87: channel 1's cumulative is flat
+    with pytest.raises(ValueError, match=r"density channel 1: its cumulative does not reach logits"):
+        density.place_quantiles()
+
+
 def test_packed_cdf_tables_unpack_to_the_padded_tables_of_a_bundle_that_stores_them_padded():
     """Bundles up to version 21 store each density's CDF table zero-padded; packing keeps only its rows'
     entries, and unpacking gives back every table bit for bit."""

@@ -4,6 +4,7 @@
     caecodec train --steps 20000 --processes 2        # the same, on two cores (data-parallel)
     caecodec train --plot curves.png                  # learning curves of the run
     caecodec train --export 2 --kodak-dir DIR         # write the run's weights as bundled version 2, with its model card
+    caecodec train --export 3 --retable 2             # bundled version 2 again as version 3, its tables' ranges exact
 """
 
 from __future__ import annotations
@@ -70,6 +71,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--export", type=int, metavar="VERSION", help="only export the run as bundled weights")
     parser.add_argument("--provisional", action="store_true", help="with --export: mark the weights provisional")
     parser.add_argument("--bundle-dir", help="with --export: folder of the bundle (default: the package's weights)")
+    parser.add_argument("--retable", type=int, metavar="SOURCE",
+                        help="with --export: write bundled version SOURCE's network, not a run's, its densities' "
+                             "tails placed exactly and its medians kept: the same latents and pixels, shorter CDF "
+                             "tables")
     parser.add_argument("--density-iterations", type=int, default=2000,
                         help="with --export: steps refitting the densities to the whole training photos "
                              "(--train-dir, else the run's own folder); 0 exports them as trained")
@@ -89,15 +94,7 @@ def run(args) -> int:
         plot_curves(args.run_dir, args.plot)
         return 0
     if args.export is not None:
-        from ..training import export_bundle
-
-        if not (Path(args.run_dir) / "checkpoint.pt").exists():
-            raise UsageError(f"no checkpoint in {args.run_dir}")
-        for option in ("density_iterations", "synthesis_steps"):
-            if getattr(args, option) < 0:
-                raise UsageError(f"--{option.replace('_', '-')} must be at least 0, not {getattr(args, option)}")
-        card = export_bundle(args.run_dir, args.export, args.provisional, args.kodak_dir, args.bundle_dir,
-                             args.train_dir, args.density_iterations, args.synthesis_steps)
+        card = _export(args)
         print(f"wrote bundled weights version {args.export}: {card['file']} sha256 {card['sha256']}")
         return 0
     if not args.train_dir or not Path(args.train_dir).is_dir():
@@ -132,6 +129,31 @@ def run(args) -> int:
                     cooldown_steps=args.cooldown_steps, processes=args.processes)
     print(f"run {args.run_dir}: step {trainer.step}, {trainer.skipped} spike steps skipped")
     return 0
+
+
+def _export(args) -> dict:
+    from ..cli import UsageError
+
+    if args.retable is not None:
+        from ..training import retable_bundle
+        from ..weights import bundled_versions
+
+        if args.retable not in bundled_versions():
+            raise UsageError(f"--retable {args.retable}: this installation bundles weights versions "
+                             f"{bundled_versions()}, not {args.retable}")
+        if args.retable == args.export:
+            raise UsageError(f"--export {args.export} would overwrite its source, bundled version {args.retable}: "
+                             "bundled versions are immutable")
+        return retable_bundle(args.retable, args.export, args.provisional, args.kodak_dir, args.bundle_dir)
+    from ..training import export_bundle
+
+    if not (Path(args.run_dir) / "checkpoint.pt").exists():
+        raise UsageError(f"no checkpoint in {args.run_dir}")
+    for option in ("density_iterations", "synthesis_steps"):
+        if getattr(args, option) < 0:
+            raise UsageError(f"--{option.replace('_', '-')} must be at least 0, not {getattr(args, option)}")
+    return export_bundle(args.run_dir, args.export, args.provisional, args.kodak_dir, args.bundle_dir,
+                         args.train_dir, args.density_iterations, args.synthesis_steps)
 
 
 def _levels(text: str | None) -> tuple[int, ...] | None:
